@@ -1,0 +1,31 @@
+# The two commands: `make demo` and `make test`. Both set everything up first.
+SHELL := /bin/bash
+export RECFUNNEL_CACHE ?= $(CURDIR)/.cache/recfunnel
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+VENV := .venv/bin
+DEMO_DIR ?= $(CURDIR)/.demo
+
+.PHONY: setup demo test test-quick bench lock clean
+
+setup:
+	@VARIANT=$(or $(VARIANT),cpu) scripts/setup.sh
+
+demo: setup
+	$(VENV)/recfunnel prepare movielens --variant ml-100k --out $(DEMO_DIR)/ml-100k --overwrite
+	$(VENV)/recfunnel inspect $(DEMO_DIR)/ml-100k
+
+test: setup
+	$(VENV)/python -m pytest -q
+
+test-quick: setup
+	$(VENV)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(VENV)/recfunnel prepare synthetic --rows 1000000 --out $(DEMO_DIR)/bench-synthetic --overwrite --quiet
+	$(VENV)/recfunnel bench data $(DEMO_DIR)/bench-synthetic
+
+lock:
+	scripts/lock.sh
+
+clean:
+	rm -rf .demo .pytest_cache

@@ -1,0 +1,1 @@
+"""Data's journey in: raw files -> validated, encoded rows -> MDS shards -> streamed batches."""
