@@ -1,0 +1,204 @@
+"""A StreamingDataset over row blocks that yields shuffled row batches, exactly once, resumably.
+
+How rows are shuffled (two levels, both seeded by ``(seed, epoch)``):
+1. StreamingDataset shuffles the order of *blocks* (its ``py1e`` shuffle over all shards) and
+   partitions them over nodes, ranks and DataLoader workers.
+2. Each worker takes its blocks in *windows* of ``window_blocks`` blocks and emits the window's
+   rows in a random permutation. Since the train split was itself shuffled row by row when it
+   was written, a batch mixes rows from ``window_blocks`` random blocks of a random row order.
+
+How every row is seen exactly once: StreamingDataset pads ranks to equal block counts by
+repeating blocks. We compute the epoch's whole partition (every rank does, deterministically),
+mark each repeated block after its first occurrence as padding and give its rows weight 0.
+Ranks then also emit the same number of batches (a rank short of rows pads its last batch with
+weight-0 rows), which keeps collective ops in lockstep.
+
+How resumption is exact: a worker's output is a pure function of (seed, epoch, world, its worker
+index), and block sizes are known from the manifest. To resume after ``n`` batches of a worker,
+it skips whole windows without reading them and drops the first rows of the window it stopped in.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from recfunnel.data.rows import Rows
+from recfunnel.data.schema import Manifest
+from recfunnel.data.shards import decode_block
+from recfunnel.data.streaming_compat import import_streaming
+
+__all__ = ["BlockStreamDataset", "EpochPlan"]
+
+_streaming = import_streaming()
+from streaming.base.batching import generate_work  # noqa: E402  (needs the import above first)
+from streaming.base.world import World  # noqa: E402
+
+
+class EpochPlan:
+    """One worker's share of an epoch: its windows of block ids, which blocks are padding copies,
+    and how many rows it must emit so that every rank emits the same number of batches."""
+
+    def __init__(self, full: np.ndarray, block_rows: np.ndarray, node: int, rank_of_node: int, worker: int):
+        # full: int64 (nodes, ranks_per_node, workers, windows, window_blocks), -1 = no block.
+        flat = full.reshape(-1)
+        valid = flat >= 0
+        first = np.zeros(flat.shape, dtype=bool)
+        _, first_pos = np.unique(flat[valid], return_index=True)
+        first[np.flatnonzero(valid)[first_pos]] = True
+        self.windows = full[node, rank_of_node, worker]
+        self.is_copy = (~first.reshape(full.shape))[node, rank_of_node, worker] & (self.windows >= 0)
+        sizes = np.where(full >= 0, block_rows[np.maximum(full, 0)], 0)
+        per_worker = sizes.sum(axis=(3, 4))  # (nodes, ranks, workers)
+        self.rows = int(per_worker[node, rank_of_node, worker])
+        self.target_rows = int(per_worker[:, :, worker].max())
+        self.window_rows = sizes[node, rank_of_node, worker].sum(axis=1)
+        self.real_rows = int(np.where(self.is_copy, 0, sizes[node, rank_of_node, worker]).sum())
+
+
+class BlockStreamDataset(_streaming.StreamingDataset):
+    """Iterable of row batches (dicts of tensors) from block-shard splits.
+
+    Set :meth:`set_epoch` before each iteration; the DataLoader forks workers with that state.
+    """
+
+    def __init__(self, *, local: str, remote: str | None, manifest: Manifest, split: str, batch_size: int,
+                 shuffle: bool, seed: int, window_blocks: int, drop_last: bool, **kwargs: Any):
+        super().__init__(local=local, remote=remote, split=None, shuffle=shuffle, shuffle_seed=seed,
+                         batch_size=window_blocks, **kwargs)
+        self.manifest = manifest
+        self.split_name = split
+        self.rows_per_batch = batch_size
+        self.window_blocks = window_blocks
+        self.drop_last = drop_last
+        self.block_rows = np.asarray(manifest.splits[split].block_rows(), dtype=np.int64)
+        self._epoch = 0
+        self._skip_batches: list[int] = [0]
+
+    def set_epoch(self, epoch: int, skip_batches: list[int]) -> None:
+        """Next iteration runs ``epoch``, skipping ``skip_batches[w]`` batches of worker ``w``."""
+        self._epoch = epoch
+        self._skip_batches = list(skip_batches)
+
+    def plan(self, world: Any, epoch: int) -> EpochPlan:
+        if not self.num_canonical_nodes:
+            self.num_canonical_nodes = world.num_nodes
+        self._set_shuffle_block_size(world)
+        full = generate_work(self.batching_method, self, world, epoch, 0)
+        return EpochPlan(full, self.block_rows, world.node, world.rank_of_node, world.worker_of_rank)
+
+    def batches_per_worker(self, workers: int, epoch: int) -> list[int]:
+        """Batches each of this rank's ``workers`` DataLoader workers emits in ``epoch``."""
+        rank_world = self._parallel_rank_world
+        workers = max(1, workers)
+        counts = []
+        for w in range(workers):
+            world = World(rank_world.num_nodes, rank_world.ranks_per_node, workers, rank_world.rank * workers + w)
+            target = self.plan(world, epoch).target_rows
+            counts.append(target // self.rows_per_batch if self.drop_last else -(-target // self.rows_per_batch))
+        return counts
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._unique_worker_world = self._unique_rank_world.detect_workers()
+        self._parallel_worker_world = world = self._parallel_rank_world.detect_workers()
+        plan = self.plan(world, self._epoch)
+        worker = world.worker_of_rank
+        skip_rows = self._skip_batches[worker] * self.rows_per_batch
+        yield from self._batches(plan, worker, skip_rows)
+
+    def _windows(self, plan: EpochPlan, skip_rows: int) -> Iterator[tuple[Rows, np.ndarray]]:
+        """(rows, weights) of each window in emission order, the first ``skip_rows`` rows dropped."""
+        done = 0
+        for w, (ids, copies) in enumerate(zip(plan.windows, plan.is_copy)):
+            size = int(plan.window_rows[w])
+            if done + size <= skip_rows:  # consumed before the checkpoint: not even read
+                done += size
+                continue
+            keep = ids >= 0
+            ids, copies = ids[keep], copies[keep]
+            if not len(ids):
+                continue
+            parts = [decode_block(self[int(i)], self.manifest, where=f"{self.split_name} block") for i in ids]
+            rows = Rows.concat(parts)
+            weights = np.repeat(np.where(copies, 0.0, 1.0).astype(np.float32), [len(p) for p in parts])
+            if self.shuffle:
+                rng = np.random.default_rng([self.shuffle_seed, self._epoch, int(ids[0])])
+                order = rng.permutation(len(rows))
+                rows, weights = rows.take(order), weights[order]
+            start = max(0, skip_rows - done)
+            done += size
+            yield (rows.slice(start, len(rows)), weights[start:]) if start else (rows, weights)
+
+    def _batches(self, plan: EpochPlan, worker: int, skip_rows: int) -> Iterator[dict[str, Any]]:
+        bs = self.rows_per_batch
+        total = plan.target_rows
+        if self.drop_last:
+            total = (total // bs) * bs
+        emitted = min(skip_rows, total)
+        parts: list[tuple[Rows, np.ndarray]] = []
+        held = 0
+        for rows, weights in self._windows(plan, skip_rows):
+            parts.append((rows, weights))
+            held += len(rows)
+            while held >= bs and emitted + bs <= total:
+                batch, parts, held = _cut(parts, bs)
+                emitted += bs
+                yield self._to_tensors(batch, worker)
+        # Rank padding: fill up to the rows the busiest rank's same worker emits, with weight 0.
+        missing = total - emitted - held
+        if missing > 0:
+            parts.append(_padding(self.manifest, missing))
+            held += missing
+        while emitted < total:
+            take = min(bs, total - emitted)
+            batch, parts, held = _cut(parts, take)
+            emitted += take
+            yield self._to_tensors(batch, worker)
+
+    def _to_tensors(self, batch: tuple[Rows, np.ndarray], worker: int) -> dict[str, Any]:
+        rows, weights = batch
+        n = len(rows)
+        n_single = rows.sparse.shape[1]
+        # KeyedJaggedTensor layout: feature-major values, single-hot features first.
+        values = [np.ascontiguousarray(rows.sparse.T).reshape(-1)] + list(rows.mh_values)
+        lengths = [np.ones(n * n_single, np.int32)] + [rows.mh_lengths[:, j] for j in range(rows.mh_lengths.shape[1])]
+        return {
+            "worker": worker,
+            "dense": torch.from_numpy(np.ascontiguousarray(rows.dense)),
+            "values": torch.from_numpy(np.concatenate(values).astype(np.int64, copy=False)),
+            "lengths": torch.from_numpy(np.concatenate(lengths).astype(np.int32, copy=False)),
+            "labels": torch.from_numpy(np.ascontiguousarray(rows.labels)),
+            "weights": torch.from_numpy(np.ascontiguousarray(weights)),
+        }
+
+
+def _cut(parts: list[tuple[Rows, np.ndarray]], n: int) -> tuple[tuple[Rows, np.ndarray], list, int]:
+    """Take the first ``n`` rows of ``parts``; return them, the remaining parts and their row count."""
+    taken: list[tuple[Rows, np.ndarray]] = []
+    need = n
+    while need:
+        rows, weights = parts[0]
+        if len(rows) <= need:
+            taken.append(parts.pop(0))
+            need -= len(rows)
+        else:
+            taken.append((rows.slice(0, need), weights[:need]))
+            parts[0] = (rows.slice(need, len(rows)), weights[need:])
+            need = 0
+    batch = (Rows.concat([r for r, _ in taken]), np.concatenate([w for _, w in taken]))
+    return batch, parts, sum(len(r) for r, _ in parts)
+
+
+def _padding(manifest: Manifest, n: int) -> tuple[Rows, np.ndarray]:
+    """``n`` all-zero rows (index 0, empty multi-hot lists) of weight 0."""
+    rows = Rows(
+        dense=np.zeros((n, len(manifest.dense)), np.float32),
+        sparse=np.zeros((n, len(manifest.single_hot)), np.int64),
+        mh_lengths=np.zeros((n, len(manifest.multi_hot)), np.int32),
+        mh_values=[np.zeros(0, np.int64) for _ in manifest.multi_hot],
+        labels=np.zeros((n, len(manifest.labels)), np.float32),
+    )
+    return rows, np.zeros(n, np.float32)
+

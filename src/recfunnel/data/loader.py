@@ -1,0 +1,166 @@
+"""Batches for training: dense floats, a TorchRec KeyedJaggedTensor of sparse ids, labels, weights.
+
+    loader = StreamingBatchLoader("data/ml-100k", "train", batch_size=8192, shuffle=True)
+    for epoch in range(3):
+        for batch in loader:              # Batch: dense (B, D), sparse KJT, labels (B, L), weights (B,)
+            ...
+        state = loader.state_dict()       # save with the checkpoint; load_state_dict() resumes
+                                          # mid-epoch with no row repeated or skipped
+
+Rank and world size come from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``LOCAL_WORLD_SIZE``) as under torchrun, so the same code runs on one process or many.
+``weights`` is 0 for rows that only pad ranks to equal length: weight losses and metrics by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.streamable import Pipelineable
+
+from recfunnel.data.block_stream import BlockStreamDataset
+from recfunnel.data.schema import MANIFEST, Manifest, load_manifest
+from recfunnel.data.shards import check_shards
+from recfunnel.data.streaming_compat import import_streaming
+from recfunnel.errors import DataError
+
+__all__ = ["Batch", "StreamingBatchLoader", "open_manifest"]
+
+
+@dataclass
+class Batch(Pipelineable):
+    dense: torch.Tensor  # float32 (B, D)
+    sparse: KeyedJaggedTensor  # keys = manifest.sparse_keys, one id per row for single-hot features
+    labels: torch.Tensor  # float32 (B, L), in manifest.labels order
+    weights: torch.Tensor  # float32 (B,): 1 for real rows, 0 for padding
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        return Batch(self.dense.to(device, non_blocking=non_blocking),
+                     self.sparse.to(device, non_blocking=non_blocking),
+                     self.labels.to(device, non_blocking=non_blocking),
+                     self.weights.to(device, non_blocking=non_blocking))
+
+    def record_stream(self, stream: Any) -> None:
+        self.dense.record_stream(stream)
+        self.sparse.record_stream(stream)
+        self.labels.record_stream(stream)
+        self.weights.record_stream(stream)
+
+    def pin_memory(self) -> "Batch":
+        return Batch(self.dense.pin_memory(), self.sparse.pin(), self.labels.pin_memory(), self.weights.pin_memory())
+
+
+def open_manifest(data: str, cache: str | None = None) -> tuple[Manifest, str, str | None]:
+    """(manifest, local folder, remote or None) of a dataset given as a path or a remote URL.
+
+    A remote dataset (``s3://``, ``gs://``, ``dbfs:/``, ... anything streaming can download) is
+    cached in ``cache``; its manifest is downloaded first.
+    """
+    if "://" not in data and not data.startswith("dbfs:"):
+        return load_manifest(data), data, None
+    if cache is None:
+        raise DataError(f"{data}: a remote dataset needs a local cache folder (cache=...)")
+    import_streaming()
+    from streaming.base.storage import download_file
+
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    download_file(f"{data.rstrip('/')}/{MANIFEST}", str(Path(cache) / MANIFEST), 60)
+    return load_manifest(cache), cache, data
+
+
+class StreamingBatchLoader:
+    """Shuffled, resumable batches of one split, for this process's rank.
+
+    Args:
+        data: dataset folder, or remote URL (with ``cache``).
+        split: ``train``, ``val`` or ``test``.
+        batch_size: rows per batch for this rank.
+        shuffle: shuffle blocks and rows (seeded by ``seed`` and the epoch); False keeps file order.
+        num_workers: DataLoader worker processes (0 = decode in this process).
+        window_blocks: blocks whose rows are shuffled together (memory: window_blocks * block_rows rows).
+        drop_last: drop each worker's last partial batch (rows then are not all seen).
+    """
+
+    def __init__(self, data: str | Path, split: str, *, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 num_workers: int = 0, window_blocks: int = 8, drop_last: bool = False, cache: str | None = None,
+                 validate: bool = True, pin_memory: bool = False):
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        manifest, local, remote = open_manifest(str(data), cache)
+        if split not in manifest.splits:
+            raise DataError(f"{data}: no split {split!r}; the dataset has {sorted(manifest.splits)}")
+        if validate and remote is None:
+            check_shards(local, manifest, splits=[split])
+        _clean_stale_shared_memory()
+        self.manifest = manifest
+        self.split = split
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.seed = seed
+        split_local = str(Path(local) / split)
+        self.dataset = BlockStreamDataset(
+            local=split_local, remote=f"{remote.rstrip('/')}/{split}" if remote else None, manifest=manifest,
+            split=split, batch_size=batch_size, shuffle=shuffle, seed=seed, window_blocks=window_blocks,
+            drop_last=drop_last)
+        self.epoch = 0
+        self._consumed = [0] * max(1, num_workers)
+        self._keys = manifest.sparse_keys
+
+    def __len__(self) -> int:
+        """Batches this rank gets per epoch (the same on every rank)."""
+        return sum(self.dataset.batches_per_worker(self.num_workers, self.epoch))
+
+    @property
+    def rows(self) -> int:
+        """Rows in the split (all ranks together)."""
+        return self.manifest.splits[self.split].rows
+
+    def __iter__(self) -> Iterator[Batch]:
+        """The rest of the current epoch; when it is exhausted the next epoch begins."""
+        self.dataset.set_epoch(self.epoch, self._consumed)
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory, persistent_workers=False,
+                            multiprocessing_context="fork" if self.num_workers else None)
+        for item in loader:
+            self._consumed[item["worker"]] += 1
+            yield self._batch(item)
+        self.epoch += 1
+        self._consumed = [0] * max(1, self.num_workers)
+
+    def _batch(self, item: dict[str, Any]) -> Batch:
+        n = item["labels"].shape[0]
+        sparse = KeyedJaggedTensor(keys=self._keys, values=item["values"], lengths=item["lengths"], stride=n)
+        return Batch(item["dense"], sparse, item["labels"], item["weights"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this loader stands: epoch and batches taken from each worker."""
+        return {"epoch": self.epoch, "consumed": list(self._consumed), "batch_size": self.batch_size,
+                "num_workers": self.num_workers, "seed": self.seed, "split": self.split,
+                "world_size": self.dataset._parallel_rank_world.num_ranks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("batch_size", "num_workers", "seed", "split", "world_size"):
+            mine = self.state_dict()[key]
+            if state.get(key) != mine:
+                raise DataError(f"loader state: {key} was {state.get(key)!r} when saved, is {mine!r} now; "
+                                f"exact mid-epoch resumption needs the same value")
+        self.epoch = int(state["epoch"])
+        self._consumed = [int(c) for c in state["consumed"]]
+
+
+def _clean_stale_shared_memory() -> None:
+    """Remove shared memory that a killed run left behind, so it never blocks this one."""
+    import_streaming()
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()
+
