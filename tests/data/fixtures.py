@@ -50,3 +50,27 @@ def write_tiny_dataset(out: Path, splits: dict[str, int], block_rows: int = 64) 
         )
         manifest.save(tmp)
     return manifest
+
+
+def split_row_keys(data: Path, split: str) -> list[str]:
+    """Row keys (single-hot ids + first label, as in rank_worker.py) of every row of a split,
+    read straight from the shards."""
+    from recfunnel.data.schema import load_manifest
+    from recfunnel.data.shards import decode_block
+    from recfunnel.data.streaming_compat import import_streaming
+
+    import json
+
+    import_streaming()
+    from streaming.base.format import reader_from_json
+
+    manifest = load_manifest(data)
+    folder = Path(data) / split
+    keys: list[str] = []
+    for info in json.loads((folder / "index.json").read_text())["shards"]:
+        shard = reader_from_json(str(folder), None, info)
+        for i in range(shard.samples):
+            rows = decode_block(shard[i], manifest)
+            mat = np.concatenate([rows.sparse, rows.labels[:, :1].astype(np.int64)], axis=1)
+            keys += [",".join(map(str, r)) for r in mat.tolist()]
+    return keys

@@ -29,6 +29,7 @@ from recfunnel.data.rows import Rows
 from recfunnel.data.schema import Manifest
 from recfunnel.data.shards import decode_block
 from recfunnel.data.streaming_compat import import_streaming
+from recfunnel.errors import DataError
 
 __all__ = ["BlockStreamDataset", "EpochPlan"]
 
@@ -76,11 +77,18 @@ class BlockStreamDataset(_streaming.StreamingDataset):
         self.block_rows = np.asarray(manifest.splits[split].block_rows(), dtype=np.int64)
         self._epoch = 0
         self._skip_batches: list[int] = [0]
+        self._rotate = 0
 
     def set_epoch(self, epoch: int, skip_batches: list[int]) -> None:
-        """Next iteration runs ``epoch``, skipping ``skip_batches[w]`` batches of worker ``w``."""
+        """Next iteration runs ``epoch``, skipping ``skip_batches[w]`` batches of worker ``w``.
+
+        The DataLoader takes batches from its workers round-robin starting with worker 0, so on
+        resumption after ``n`` batches, worker slot 0 plays worker ``n % W``: batches then come
+        in the same order as in an uninterrupted run.
+        """
         self._epoch = epoch
         self._skip_batches = list(skip_batches)
+        self._rotate = sum(skip_batches) % len(skip_batches)
 
     def plan(self, world: Any, epoch: int) -> EpochPlan:
         if not self.num_canonical_nodes:
@@ -102,9 +110,11 @@ class BlockStreamDataset(_streaming.StreamingDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._unique_worker_world = self._unique_rank_world.detect_workers()
-        self._parallel_worker_world = world = self._parallel_rank_world.detect_workers()
+        self._parallel_worker_world = slot = self._parallel_rank_world.detect_workers()
+        worker = (slot.worker_of_rank + self._rotate) % slot.workers_per_rank
+        world = World(slot.num_nodes, slot.ranks_per_node, slot.workers_per_rank,
+                      slot.rank * slot.workers_per_rank + worker)
         plan = self.plan(world, self._epoch)
-        worker = world.worker_of_rank
         skip_rows = self._skip_batches[worker] * self.rows_per_batch
         yield from self._batches(plan, worker, skip_rows)
 
@@ -120,7 +130,7 @@ class BlockStreamDataset(_streaming.StreamingDataset):
             ids, copies = ids[keep], copies[keep]
             if not len(ids):
                 continue
-            parts = [decode_block(self[int(i)], self.manifest, where=f"{self.split_name} block") for i in ids]
+            parts = [self._block(int(i)) for i in ids]
             rows = Rows.concat(parts)
             weights = np.repeat(np.where(copies, 0.0, 1.0).astype(np.float32), [len(p) for p in parts])
             if self.shuffle:
@@ -130,6 +140,13 @@ class BlockStreamDataset(_streaming.StreamingDataset):
             start = max(0, skip_rows - done)
             done += size
             yield (rows.slice(start, len(rows)), weights[start:]) if start else (rows, weights)
+
+    def _block(self, sample_id: int) -> Rows:
+        rows = decode_block(self[sample_id], self.manifest, where=f"{self.split_name} block")
+        if len(rows) != self.block_rows[sample_id]:
+            raise DataError(f"{self.split_name} block {sample_id}: {len(rows)} rows, manifest.json says "
+                            f"{self.block_rows[sample_id]}; the manifest does not match its shards")
+        return rows
 
     def _batches(self, plan: EpochPlan, worker: int, skip_rows: int) -> Iterator[dict[str, Any]]:
         bs = self.rows_per_batch

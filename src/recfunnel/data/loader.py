@@ -59,34 +59,42 @@ class Batch(Pipelineable):
 
 
 def open_manifest(data: str, cache: str | None = None) -> tuple[Manifest, str, str | None]:
-    """(manifest, local folder, remote or None) of a dataset given as a path or a remote URL.
+    """(manifest, local folder, remote or None) of a dataset.
 
-    A remote dataset (``s3://``, ``gs://``, ``dbfs:/``, ... anything streaming can download) is
-    cached in ``cache``; its manifest is downloaded first.
+    Without ``cache``, ``data`` is a local dataset folder. With ``cache``, ``data`` is a remote
+    dataset (``s3://``, ``gs://``, ``dbfs:/``, ``oci://``, ... whatever Mosaic streaming downloads
+    from, or another local folder) and ``cache`` the local folder its files are downloaded into.
+    The manifest is always downloaded afresh; shards are downloaded by StreamingDataset as needed.
     """
-    if "://" not in data and not data.startswith("dbfs:"):
-        return load_manifest(data), data, None
     if cache is None:
-        raise DataError(f"{data}: a remote dataset needs a local cache folder (cache=...)")
+        if "://" in data or data.startswith("dbfs:"):
+            raise DataError(f"{data}: a remote dataset needs a local cache folder (cache=..., --cache DIR)")
+        return load_manifest(data), data, None
     import_streaming()
-    from streaming.base.storage import download_file
+    from streaming.base.storage import CloudDownloader
 
-    Path(cache).mkdir(parents=True, exist_ok=True)
-    download_file(f"{data.rstrip('/')}/{MANIFEST}", str(Path(cache) / MANIFEST), 60)
-    return load_manifest(cache), cache, data
+    local = Path(cache) / MANIFEST
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.unlink(missing_ok=True)
+    try:
+        CloudDownloader.direct_download(f"{data.rstrip('/')}/{MANIFEST}", str(local), 60)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        raise DataError(f"{data}/{MANIFEST}: could not download ({e})") from None
+    return load_manifest(cache), str(cache), data
 
 
 class StreamingBatchLoader:
     """Shuffled, resumable batches of one split, for this process's rank.
 
     Args:
-        data: dataset folder, or remote URL (with ``cache``).
+        data: dataset folder; or, with ``cache``, a remote dataset (s3://, gs://, dbfs:/, ...).
         split: ``train``, ``val`` or ``test``.
         batch_size: rows per batch for this rank.
         shuffle: shuffle blocks and rows (seeded by ``seed`` and the epoch); False keeps file order.
         num_workers: DataLoader worker processes (0 = decode in this process).
         window_blocks: blocks whose rows are shuffled together (memory: window_blocks * block_rows rows).
         drop_last: drop each worker's last partial batch (rows then are not all seen).
+        cache: local folder for a remote ``data``.
     """
 
     def __init__(self, data: str | Path, split: str, *, batch_size: int, shuffle: bool = True, seed: int = 0,
@@ -99,7 +107,6 @@ class StreamingBatchLoader:
             raise DataError(f"{data}: no split {split!r}; the dataset has {sorted(manifest.splits)}")
         if validate and remote is None:
             check_shards(local, manifest, splits=[split])
-        _clean_stale_shared_memory()
         self.manifest = manifest
         self.split = split
         self.batch_size = batch_size
@@ -155,12 +162,4 @@ class StreamingBatchLoader:
                                 f"exact mid-epoch resumption needs the same value")
         self.epoch = int(state["epoch"])
         self._consumed = [int(c) for c in state["consumed"]]
-
-
-def _clean_stale_shared_memory() -> None:
-    """Remove shared memory that a killed run left behind, so it never blocks this one."""
-    import_streaming()
-    from streaming.base.util import clean_stale_shared_memory
-
-    clean_stale_shared_memory()
 
