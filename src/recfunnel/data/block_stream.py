@@ -23,12 +23,12 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 from recfunnel.data.rows import Rows
 from recfunnel.data.schema import Manifest
 from recfunnel.data.shards import decode_block
 from recfunnel.data.streaming_compat import import_streaming
+from recfunnel.data.window import BatchParts, Window, join, to_tensors
 from recfunnel.errors import DataError
 
 __all__ = ["BlockStreamDataset", "EpochPlan"]
@@ -118,8 +118,8 @@ class BlockStreamDataset(_streaming.StreamingDataset):
         skip_rows = self._skip_batches[worker] * self.rows_per_batch
         yield from self._batches(plan, worker, skip_rows)
 
-    def _windows(self, plan: EpochPlan, skip_rows: int) -> Iterator[tuple[Rows, np.ndarray]]:
-        """(rows, weights) of each window in emission order, the first ``skip_rows`` rows dropped."""
+    def _windows(self, plan: EpochPlan, skip_rows: int) -> Iterator[Window]:
+        """Each window in emission order, the first ``skip_rows`` rows of the worker dropped."""
         done = 0
         for w, (ids, copies) in enumerate(zip(plan.windows, plan.is_copy)):
             size = int(plan.window_rows[w])
@@ -130,16 +130,14 @@ class BlockStreamDataset(_streaming.StreamingDataset):
             ids, copies = ids[keep], copies[keep]
             if not len(ids):
                 continue
-            parts = [self._block(int(i)) for i in ids]
-            rows = Rows.concat(parts)
-            weights = np.repeat(np.where(copies, 0.0, 1.0).astype(np.float32), [len(p) for p in parts])
+            blocks = [self._block(int(i)) for i in ids]
+            weights = np.repeat(np.where(copies, 0.0, 1.0).astype(np.float32), [len(b) for b in blocks])
+            window = Window.of(blocks, weights)
             if self.shuffle:
-                rng = np.random.default_rng([self.shuffle_seed, self._epoch, int(ids[0])])
-                order = rng.permutation(len(rows))
-                rows, weights = rows.take(order), weights[order]
-            start = max(0, skip_rows - done)
+                window.order = np.random.default_rng([self.shuffle_seed, self._epoch, int(ids[0])]).permutation(size)
+            window.order = window.order[max(0, skip_rows - done):]
             done += size
-            yield (rows.slice(start, len(rows)), weights[start:]) if start else (rows, weights)
+            yield window
 
     def _block(self, sample_id: int) -> Rows:
         rows = decode_block(self[sample_id], self.manifest, where=f"{self.split_name} block")
@@ -154,68 +152,34 @@ class BlockStreamDataset(_streaming.StreamingDataset):
         if self.drop_last:
             total = (total // bs) * bs
         emitted = min(skip_rows, total)
-        parts: list[tuple[Rows, np.ndarray]] = []
+        queue: list[Window] = []
         held = 0
-        for rows, weights in self._windows(plan, skip_rows):
-            parts.append((rows, weights))
-            held += len(rows)
+        for window in self._windows(plan, skip_rows):
+            queue.append(window)
+            held += len(window)
             while held >= bs and emitted + bs <= total:
-                batch, parts, held = _cut(parts, bs)
+                held -= bs
                 emitted += bs
-                yield self._to_tensors(batch, worker)
+                yield to_tensors(_take(queue, bs), worker)
         # Rank padding: fill up to the rows the busiest rank's same worker emits, with weight 0.
         missing = total - emitted - held
         if missing > 0:
-            parts.append(_padding(self.manifest, missing))
+            queue.append(Window.padding(self.manifest, missing))
             held += missing
         while emitted < total:
-            take = min(bs, total - emitted)
-            batch, parts, held = _cut(parts, take)
-            emitted += take
-            yield self._to_tensors(batch, worker)
-
-    def _to_tensors(self, batch: tuple[Rows, np.ndarray], worker: int) -> dict[str, Any]:
-        rows, weights = batch
-        n = len(rows)
-        n_single = rows.sparse.shape[1]
-        # KeyedJaggedTensor layout: feature-major values, single-hot features first.
-        values = [np.ascontiguousarray(rows.sparse.T).reshape(-1)] + list(rows.mh_values)
-        lengths = [np.ones(n * n_single, np.int32)] + [rows.mh_lengths[:, j] for j in range(rows.mh_lengths.shape[1])]
-        return {
-            "worker": worker,
-            "dense": torch.from_numpy(np.ascontiguousarray(rows.dense)),
-            "values": torch.from_numpy(np.concatenate(values).astype(np.int64, copy=False)),
-            "lengths": torch.from_numpy(np.concatenate(lengths).astype(np.int32, copy=False)),
-            "labels": torch.from_numpy(np.ascontiguousarray(rows.labels)),
-            "weights": torch.from_numpy(np.ascontiguousarray(weights)),
-        }
+            n = min(bs, total - emitted)
+            held -= n
+            emitted += n
+            yield to_tensors(_take(queue, n), worker)
 
 
-def _cut(parts: list[tuple[Rows, np.ndarray]], n: int) -> tuple[tuple[Rows, np.ndarray], list, int]:
-    """Take the first ``n`` rows of ``parts``; return them, the remaining parts and their row count."""
-    taken: list[tuple[Rows, np.ndarray]] = []
-    need = n
-    while need:
-        rows, weights = parts[0]
-        if len(rows) <= need:
-            taken.append(parts.pop(0))
-            need -= len(rows)
-        else:
-            taken.append((rows.slice(0, need), weights[:need]))
-            parts[0] = (rows.slice(need, len(rows)), weights[need:])
-            need = 0
-    batch = (Rows.concat([r for r, _ in taken]), np.concatenate([w for _, w in taken]))
-    return batch, parts, sum(len(r) for r, _ in parts)
-
-
-def _padding(manifest: Manifest, n: int) -> tuple[Rows, np.ndarray]:
-    """``n`` all-zero rows (index 0, empty multi-hot lists) of weight 0."""
-    rows = Rows(
-        dense=np.zeros((n, len(manifest.dense)), np.float32),
-        sparse=np.zeros((n, len(manifest.single_hot)), np.int64),
-        mh_lengths=np.zeros((n, len(manifest.multi_hot)), np.int32),
-        mh_values=[np.zeros(0, np.int64) for _ in manifest.multi_hot],
-        labels=np.zeros((n, len(manifest.labels)), np.float32),
-    )
-    return rows, np.zeros(n, np.float32)
-
+def _take(queue: list[Window], n: int) -> BatchParts:
+    """The next ``n`` rows from the head of ``queue``, dropping windows as they empty."""
+    parts = []
+    while n:
+        part = queue[0].take(n)
+        n -= len(part["labels"])
+        parts.append(part)
+        if not len(queue[0]):
+            queue.pop(0)
+    return join(parts)

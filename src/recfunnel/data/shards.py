@@ -7,7 +7,7 @@ Block columns (all ``bytes`` except the two ints)::
     block       int    the block's index in its split (for accounting and error messages)
     rows        int    n, rows in the block
     dense       bytes  float32 (n, D)
-    sparse      bytes  int64 (n, S) single-hot indices
+    sparse      bytes  int64 (S, n) single-hot indices, feature-major (the KeyedJaggedTensor order)
     mh_lengths  bytes  int32 (n, M)
     mh_values   bytes  int64: feature 0's ids for all n rows, then feature 1's, ...
     labels      bytes  float32 (n, L)
@@ -50,7 +50,7 @@ def encode_block(block: int, rows: Rows) -> dict:
         "block": block,
         "rows": len(rows),
         "dense": np.ascontiguousarray(rows.dense, np.float32).tobytes(),
-        "sparse": np.ascontiguousarray(rows.sparse, np.int64).tobytes(),
+        "sparse": np.ascontiguousarray(rows.sparse.T, np.int64).tobytes(),
         "mh_lengths": np.ascontiguousarray(rows.mh_lengths, np.int32).tobytes(),
         "mh_values": b"".join(np.ascontiguousarray(v, np.int64).tobytes() for v in rows.mh_values),
         "labels": np.ascontiguousarray(rows.labels, np.float32).tobytes(),
@@ -69,6 +69,8 @@ def decode_block(sample: dict, manifest: Manifest, where: str = "block") -> Rows
         if len(buf) != expected:
             raise DataError(f"{where}: column {col!r} has {len(buf)} bytes, expected {expected} "
                             f"({n} rows x {width}); the shard is corrupt or does not match manifest.json")
+        if col == "sparse":  # stored feature-major: return the (n, S) view of the (S, n) array
+            return np.frombuffer(buf, dtype).reshape(width, n).T
         return np.frombuffer(buf, dtype).reshape(n, width)
 
     dense = array("dense", np.float32, d)
