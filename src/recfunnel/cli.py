@@ -14,14 +14,15 @@ from recfunnel.errors import RecfunnelError
 
 __all__ = ["main", "build_parser"]
 
-# Sources of `recfunnel prepare`: name -> module with add_arguments(parser) and run(args) -> Manifest.
+# Sources of `recfunnel prepare`: name -> (module with add_arguments(parser) and run(args) -> Manifest,
+# one-line help). A module is imported only when its source is used or every parser is built.
 PREPARE_SOURCES = {
-    "movielens": "recfunnel.data.sources.movielens",
-    "interactions": "recfunnel.data.sources.interactions",
-    "criteo": "recfunnel.data.sources.criteo",
-    "synthetic": "recfunnel.data.sources.synthetic",
+    "movielens": ("recfunnel.data.sources.movielens", "MovieLens ratings: ml-100k (cached), ml-1m, ml-latest(-small), sets"),
+    "interactions": ("recfunnel.data.sources.interactions", "your own user-item interactions from a CSV or Parquet file"),
+    "criteo": ("recfunnel.data.sources.criteo", "Criteo click logs (TSV: label, 13 integer, 26 categorical), streamed"),
+    "synthetic": ("recfunnel.data.sources.synthetic", "Criteo-shaped or user-item data from a known model"),
+    "spark": ("recfunnel.data.sources.spark_table", "interactions from a Spark table or path, written by Spark workers"),
 }
-
 
 def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="dataset folder to write (written to a temp folder, then renamed)")
@@ -77,7 +78,8 @@ def _cmd_bench_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``argv``, only the source that ``argv`` names is imported."""
     parser = argparse.ArgumentParser(prog="recfunnel", description="Deep-learning recommenders as a funnel: "
                                      "prepare data, train, index, recommend, serve.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -89,9 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="turn raw data into a validated, sharded dataset")
     sources = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    for name, module_name in PREPARE_SOURCES.items():
+    for name, (module_name, help_text) in PREPARE_SOURCES.items():
+        if argv is not None and argv[:2] != ["prepare", name]:
+            sources.add_parser(name, help=help_text)  # not chosen: no need to import its module
+            continue
         module = importlib.import_module(module_name)
-        sp = sources.add_parser(name, help=module.HELP, description=module.__doc__,
+        sp = sources.add_parser(name, help=help_text, description=module.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sp)
         _add_output_arguments(sp)
@@ -123,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand; user mistakes raise :class:`RecfunnelError`."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
 

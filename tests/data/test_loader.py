@@ -216,3 +216,22 @@ def _group_alive(pgid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+@pytest.fixture(scope="module")
+def ml100k(tmp_path_factory) -> Path:
+    from recfunnel.data.sources.movielens import prepare_movielens
+
+    out = tmp_path_factory.mktemp("ml") / "ml-100k"
+    prepare_movielens("ml-100k", out, quiet=True)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_movielens_epoch_yields_every_training_row_once(ml100k, tmp_path, nproc):
+    ranks = run_ranks(ml100k, "train", nproc, 0, tmp_path)
+    assert len({r["batches"] for r in ranks}) == 1
+    got = Counter(row for r in ranks for row in r["rows"])
+    want = Counter(split_row_keys(ml100k, "train"))
+    assert got == want and sum(want.values()) == 80_000  # default split: 80% train of 100,000 ratings

@@ -31,7 +31,7 @@ from recfunnel.data.schema import Manifest, SplitInfo
 from recfunnel.data.streaming_compat import import_streaming
 from recfunnel.errors import DataError
 
-__all__ = ["BLOCK_COLUMNS", "SplitWriter", "encode_block", "decode_block", "atomic_output_dir", "check_shards"]
+__all__ = ["BLOCK_COLUMNS", "SplitWriter", "run_lengths", "encode_block", "decode_block", "atomic_output_dir", "check_shards"]
 
 BLOCK_COLUMNS = {
     "block": "int",
@@ -143,11 +143,11 @@ class SplitWriter:
         self._flush(final=True)
         self._writer.finish()
         rows = sum(self._blocks)
-        return SplitInfo(rows=rows, blocks=_run_lengths(self._blocks),
+        return SplitInfo(rows=rows, blocks=run_lengths(self._blocks),
                          positives=round(self._positives / rows, 6) if rows else None)
 
 
-def _run_lengths(sizes: list[int]) -> list[list[int]]:
+def run_lengths(sizes: list[int]) -> list[list[int]]:
     out: list[list[int]] = []
     for s in sizes:
         if out and out[-1][1] == s:

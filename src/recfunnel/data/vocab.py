@@ -40,6 +40,12 @@ class Vocab:
         """Count ``values``; keep those seen ``min_count`` times. ``also`` adds values with count 0
         (e.g. catalog items never seen in training) after the counted ones."""
         counts = pd.Series(values).dropna().value_counts(sort=False)
+        return cls.from_counts(name, counts, min_count=min_count, also=also)
+
+    @classmethod
+    def from_counts(cls, name: str, counts: pd.Series, *, min_count: int = 1,
+                    also: pd.Series | np.ndarray | None = None) -> "Vocab":
+        """Like :meth:`build` from precomputed counts (index: value, data: count), e.g. from Spark."""
         counts = counts[counts >= min_count]
         frame = pd.DataFrame({"value": counts.index, "count": counts.to_numpy(np.int64)})
         frame = frame.sort_values(["count", "value"], ascending=[False, True], kind="stable")
