@@ -11,7 +11,7 @@ setup:
 	@VARIANT=$(or $(VARIANT),cpu) scripts/setup.sh
 
 demo: setup
-	$(VENV)/recfunnel prepare movielens --variant ml-100k --out $(DEMO_DIR)/ml-100k --overwrite
+	$(VENV)/recfunnel prepare movielens --variant ml-100k --out $(DEMO_DIR)/ml-100k --overwrite --quiet
 	$(VENV)/recfunnel inspect $(DEMO_DIR)/ml-100k
 
 test: setup

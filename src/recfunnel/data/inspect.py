@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from recfunnel.data.schema import Manifest, load_manifest
 from recfunnel.data.shards import check_shards
+from recfunnel.data.vocab import Vocab
 from recfunnel.report import table
 
 __all__ = ["print_summary", "inspect_dataset", "validate_dataset"]
@@ -28,9 +30,9 @@ def print_summary(folder: str | Path, manifest: Manifest) -> None:
     print("labels: " + ", ".join(f"{lab.name} ({lab.kind}{': ' + lab.rule if lab.rule else ''})" for lab in manifest.labels))
     split_desc = ", ".join(f"{k}={v}" for k, v in manifest.split.items())
     print(f"split: {split_desc}")
-    for key, value in manifest.extra.items():
-        if key != "generator":
-            print(f"{key}: {json.dumps(value)}")
+    extras = {k: v for k, v in manifest.extra.items() if k not in ("generator", "dense_stats")}
+    if extras:
+        print(", ".join(f"{k}: {json.dumps(v)}" for k, v in extras.items()))
 
 
 def inspect_dataset(folder: str, *, batch_size: int = 4, as_json: bool = False) -> None:
@@ -57,24 +59,47 @@ def inspect_dataset(folder: str, *, batch_size: int = 4, as_json: bool = False) 
     if first is not None:
         print(f"a batch: dense {tuple(first.dense.shape)}, sparse KeyedJaggedTensor keys {first.sparse.keys()}, "
               f"labels {tuple(first.labels.shape)}, weights {tuple(first.weights.shape)}")
-        _print_rows(manifest, first, batch_size)
+        _print_rows(folder, manifest, first, batch_size)
 
 
-def _print_rows(manifest: Manifest, batch, n: int) -> None:
-    """The first ``n`` rows of a batch: sparse indices (raw values where a vocabulary exists)."""
+def _print_rows(folder: str, manifest: Manifest, batch, n: int) -> None:
+    """The first ``n`` rows of a batch, sparse ids shown as raw values where a vocabulary exists."""
     n = min(n, len(batch))
     jagged = batch.sparse.to_dict()
     headers, columns = [], []
-    for key in manifest.sparse_keys[:6]:
+    for key in manifest.sparse_keys[:7]:
         offsets = np.concatenate([[0], np.cumsum(jagged[key].lengths().numpy())])
         values = jagged[key].values().numpy()
+        shown = _raw_values(folder, manifest, key, values)
         headers.append(key)
-        columns.append([" ".join(map(str, values[offsets[i]:offsets[i + 1]])) for i in range(n)])
+        columns.append([" ".join(map(str, shown[offsets[i]:offsets[i + 1]])) for i in range(n)])
+        if key == manifest.roles.get("item"):
+            titles = _titles(folder, values[:n])
+            if titles is not None:
+                headers.append("title")
+                columns.append([t[:32] for t in titles])
     for j, lab in enumerate(manifest.labels):
         headers.append(lab.name)
         columns.append([float(batch.labels[i, j]) for i in range(n)])
     rows = [[col[i] for col in columns] for i in range(n)]
-    print(table(rows, headers, title=f"first {n} rows (sparse indices; 0 = out of vocabulary)"))
+    print(table(rows, headers, title=f"first {n} rows (raw values; '?' = out of vocabulary)"))
+
+
+def _raw_values(folder: str, manifest: Manifest, key: str, indices: np.ndarray) -> list:
+    if manifest.feature(key).encoding != "vocab" or not (Path(folder) / "vocab" / f"{key}.parquet").is_file():
+        return indices.tolist()
+    return ["?" if v is None else v for v in Vocab.load(Path(folder) / "vocab", key).decode(indices)]
+
+
+def _titles(folder: str, item_indices: np.ndarray) -> list[str] | None:
+    path = Path(folder) / "items.parquet"
+    if not path.is_file():
+        return None
+    items = pd.read_parquet(path, columns=None)
+    if "title" not in items.columns:
+        return None
+    by_index = dict(zip(items["item_index"], items["title"].fillna("")))
+    return [str(by_index.get(int(i), "")) for i in item_indices]
 
 
 def validate_dataset(folder: str, *, hashes: bool = True) -> None:
