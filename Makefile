@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export RECFUNNEL_CACHE ?= $(CURDIR)/.cache/recfunnel
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 VENV := .venv/bin
-DEMO_DIR ?= $(CURDIR)/.demo
+DEMO_DIR ?= .demo
 
 .PHONY: setup demo test test-quick bench lock clean
 

@@ -19,7 +19,7 @@ __all__ = ["main", "build_parser"]
 PREPARE_SOURCES = {
     "movielens": ("recfunnel.data.sources.movielens", "MovieLens ratings: ml-100k (cached), ml-1m, ml-latest(-small), sets"),
     "interactions": ("recfunnel.data.sources.interactions", "your own user-item interactions from a CSV or Parquet file"),
-    "criteo": ("recfunnel.data.sources.criteo", "Criteo click logs (TSV: label, 13 integer, 26 categorical), streamed"),
+    "criteo": ("recfunnel.data.sources.criteo_tsv", "Criteo click logs (TSV: label, 13 integer, 26 categorical), streamed"),
     "synthetic": ("recfunnel.data.sources.synthetic", "Criteo-shaped or user-item data from a known model"),
     "spark": ("recfunnel.data.sources.spark_table", "interactions from a Spark table or path, written by Spark workers"),
 }
@@ -134,10 +134,19 @@ def run(argv: list[str] | None = None) -> int:
     return func(args)
 
 
+def _close_progress_bars() -> None:
+    """Erase progress bars an error interrupted, so the error stands on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
     except RecfunnelError as err:
+        _close_progress_bars()
         print(f"recfunnel: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

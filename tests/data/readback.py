@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 
+from recfunnel.data.block_stream import release_shared_memory
 from recfunnel.data.rows import Rows
 from recfunnel.data.schema import Manifest, load_manifest
 from recfunnel.data.shards import decode_block
@@ -19,8 +19,7 @@ def read_split(folder: str | Path, split: str) -> tuple[Manifest, Rows]:
     try:
         blocks = [decode_block(dataset[i], manifest, where=split) for i in range(len(dataset))]
     finally:
-        del dataset
-        gc.collect()  # frees the dataset's shared memory before another one opens the same folder
+        release_shared_memory(dataset)  # before another dataset opens the same folder
     return manifest, Rows.concat(blocks)
 
 

@@ -235,3 +235,19 @@ def test_movielens_epoch_yields_every_training_row_once(ml100k, tmp_path, nproc)
     got = Counter(row for r in ranks for row in r["rows"])
     want = Counter(split_row_keys(ml100k, "train"))
     assert got == want and sum(want.values()) == 80_000  # default split: 80% train of 100,000 ratings
+
+
+def test_loaders_leave_no_shared_memory_or_descriptors(tiny):
+    import gc
+
+    def held() -> tuple[int, int]:
+        return len(os.listdir("/dev/shm")), len(os.listdir("/proc/self/fd"))
+
+    before = held()
+    for workers in (0, 2):
+        with StreamingBatchLoader(tiny, "train", batch_size=500, num_workers=workers) as loader:
+            epoch_ids(loader)
+    loader = StreamingBatchLoader(tiny, "train", batch_size=500)
+    del loader
+    gc.collect()
+    assert held() == before

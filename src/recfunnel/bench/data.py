@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from recfunnel.data.block_stream import release_shared_memory
 from recfunnel.data.loader import StreamingBatchLoader
 from recfunnel.data.rows import Rows
 from recfunnel.data.schema import Manifest, load_manifest
@@ -98,8 +99,9 @@ def _rate(make: Callable[[], Iterator[int]], seconds: float, whole_passes: bool 
 
 
 def _loader_batches(folder: str, batch_size: int, workers: int) -> Iterator[int]:
-    for batch in StreamingBatchLoader(folder, "train", batch_size=batch_size, num_workers=workers):
-        yield len(batch)
+    with StreamingBatchLoader(folder, "train", batch_size=batch_size, num_workers=workers) as loader:
+        for batch in loader:
+            yield len(batch)
 
 
 def _parquet_batches(path: Path, batch_size: int, manifest: Manifest) -> Iterator[int]:
@@ -125,15 +127,18 @@ def _per_row_samples(folder: Path, batch_size: int) -> Iterator[int]:
     streaming = import_streaming()
     dataset = streaming.StreamingDataset(local=str(folder), shuffle=True, batch_size=batch_size)
     n = 0
-    for sample in dataset:
-        np.frombuffer(sample["dense"], np.float32)
-        np.frombuffer(sample["sparse"], np.int64)
-        n += 1
-        if n == 1024:
+    try:
+        for sample in dataset:
+            np.frombuffer(sample["dense"], np.float32)
+            np.frombuffer(sample["sparse"], np.int64)
+            n += 1
+            if n == 1024:
+                yield n
+                n = 0
+        if n:
             yield n
-            n = 0
-    if n:
-        yield n
+    finally:
+        release_shared_memory(dataset)
 
 
 def _read_split(folder: str, manifest: Manifest, split: str, max_rows: int) -> Rows:
@@ -145,6 +150,7 @@ def _read_split(folder: str, manifest: Manifest, split: str, max_rows: int) -> R
         total += len(parts[-1])
         if total >= max_rows:
             break
+    release_shared_memory(local)
     return Rows.concat(parts)
 
 

@@ -20,6 +20,7 @@ it skips whole windows without reading them and drops the first rows of the wind
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
 import numpy as np
@@ -31,7 +32,7 @@ from recfunnel.data.streaming_compat import import_streaming
 from recfunnel.data.window import BatchParts, Window, join, to_tensors
 from recfunnel.errors import DataError
 
-__all__ = ["BlockStreamDataset", "EpochPlan"]
+__all__ = ["BlockStreamDataset", "EpochPlan", "release_shared_memory"]
 
 _streaming = import_streaming()
 from streaming.base.batching import generate_work  # noqa: E402  (needs the import above first)
@@ -78,6 +79,9 @@ class BlockStreamDataset(_streaming.StreamingDataset):
         self._epoch = 0
         self._skip_batches: list[int] = [0]
         self._rotate = 0
+
+    def close(self) -> None:
+        release_shared_memory(self)
 
     def set_epoch(self, epoch: int, skip_batches: list[int]) -> None:
         """Next iteration runs ``epoch``, skipping ``skip_batches[w]`` batches of worker ``w``.
@@ -183,3 +187,31 @@ def _take(queue: list[Window], n: int) -> BatchParts:
         if not len(queue[0]):
             queue.pop(0)
     return join(parts)
+
+
+def release_shared_memory(dataset: Any) -> None:
+    """Release the shared memory and lock files a StreamingDataset made; idempotent.
+
+    StreamingDataset only marks its local folder free when collected (and reference cycles
+    delay that), leaving six shared-memory segments and two lock files per instance behind;
+    a long test session or a job that builds many datasets runs out of file descriptors.
+    Reaches into streaming's private attributes (pinned version), hence the getattr guards.
+    """
+    if getattr(dataset, "_released", False):
+        return
+    dataset._released = True
+    locals_shm = getattr(dataset, "_locals_shm", None)
+    leader = bool(getattr(locals_shm, "created_shms", None))
+    holders = [locals_shm, getattr(getattr(dataset, "_shared_barrier", None), "_arr", None),
+               getattr(getattr(dataset, "_next_epoch", None), "arr", None),
+               getattr(getattr(dataset, "_cache_usage", None), "arr", None),
+               getattr(dataset, "_shard_states", None), getattr(dataset, "_shard_access_times", None)]
+    for holder in holders:
+        shm = holder if hasattr(holder, "cleanup") else getattr(holder, "shm", None)
+        if shm is not None and hasattr(shm, "cleanup"):
+            shm.cleanup()
+    if leader:
+        for path in (getattr(getattr(dataset, "_shared_barrier", None), "filelock_path", None),
+                     getattr(dataset, "_cache_filelock_path", None)):
+            if path and os.path.exists(path):
+                os.remove(path)

@@ -122,6 +122,20 @@ class StreamingBatchLoader:
         self._consumed = [0] * max(1, num_workers)
         self._keys = manifest.sparse_keys
 
+    def close(self) -> None:
+        """Free the shared memory behind this loader (also done when it is garbage-collected)."""
+        self.dataset.close()
+
+    def __enter__(self) -> "StreamingBatchLoader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if hasattr(self, "dataset"):
+            self.dataset.close()
+
     def __len__(self) -> int:
         """Batches this rank gets per epoch (the same on every rank)."""
         return sum(self.dataset.batches_per_worker(self.num_workers, self.epoch))

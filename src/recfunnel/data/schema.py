@@ -103,8 +103,8 @@ class Manifest:
         if not self.labels:
             raise DataError("manifest: at least one label is required")
         for f in self.sparse:
-            if f.cardinality < 2:
-                raise DataError(f"manifest: sparse feature {f.name!r} has cardinality {f.cardinality}, expected >= 2")
+            if f.cardinality < 1:
+                raise DataError(f"manifest: sparse feature {f.name!r} has cardinality {f.cardinality}, expected >= 1")
 
     @property
     def single_hot(self) -> list[SparseFeature]:
