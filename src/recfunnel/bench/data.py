@@ -73,16 +73,17 @@ def bench_data(folder: str, *, batch_size: int = 8192, workers: int = 0, seconds
 
 
 def print_bench(result: dict[str, Any]) -> None:
+    loader = result["loader_rows_per_s"]
     rows = [
-        ["recfunnel loader (MDS, row blocks, shuffled)", result["loader_rows_per_s"], 1.0],
+        ["recfunnel loader (MDS, row blocks, shuffled)", loader, "1.00x"],
         ["pyarrow Parquet reader (same rows, not shuffled)", result["parquet_rows_per_s"],
-         result["parquet_rows_per_s"] / result["loader_rows_per_s"]],
+         f"{result['parquet_rows_per_s'] / loader:.2f}x"],
         ["StreamingDataset, one MDS sample per row (shuffled)", result["per_row_mds_rows_per_s"],
-         result["per_row_mds_rows_per_s"] / result["loader_rows_per_s"]],
+         f"{result['per_row_mds_rows_per_s'] / loader:.3f}x"],
     ]
     print(table(rows, ["reader", "rows/s (median)", "vs loader"],
-                title=f"data loading, batch {result['batch_size']:,}, {result['workers']} workers, "
-                      f"median of {result['repeats']}"))
+                title=f"data loading, {result['rows']:,} rows, batch {result['batch_size']:,}, "
+                      f"{result['workers']} workers, median of {result['repeats']}"))
     print(f"loader / parquet = {result['loader_vs_parquet']:.2f}x, loader / per-row MDS = "
           f"{result['loader_vs_per_row_mds']:.0f}x")
 
