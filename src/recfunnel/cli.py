@@ -19,7 +19,7 @@ __all__ = ["main", "build_parser"]
 PREPARE_SOURCES = {
     "movielens": ("recfunnel.data.sources.movielens", "MovieLens ratings: ml-100k (cached), ml-1m, ml-latest(-small), sets"),
     "interactions": ("recfunnel.data.sources.interactions", "your own user-item interactions from a CSV or Parquet file"),
-    "criteo": ("recfunnel.data.sources.criteo_tsv", "Criteo click logs (TSV: label, 13 integer, 26 categorical), streamed"),
+    "criteo": ("recfunnel.data.sources.criteo", "Criteo click logs (TSV: label, 13 integer, 26 categorical), streamed"),
     "synthetic": ("recfunnel.data.sources.synthetic", "Criteo-shaped or user-item data from a known model"),
     "spark": ("recfunnel.data.sources.spark_table", "interactions from a Spark table or path, written by Spark workers"),
 }

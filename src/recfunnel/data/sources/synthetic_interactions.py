@@ -118,9 +118,10 @@ def prepare_synthetic_interactions(rows: int, out: str | Path, *, users: int | N
                                    compression: str | None = None, overwrite: bool = False,
                                    quiet: bool = False) -> Manifest:
     """Generate ``rows`` interactions of ``users`` x ``items`` (defaults: rows/50, rows/100, at least
-    10) with planted tastes and write them as an interactions dataset to ``out``."""
-    users = users or max(10, rows // 50)
+    10, and enough users that every one has at most half the items) with planted tastes and write
+    them as an interactions dataset to ``out``."""
     items = items or max(10, rows // 100)
+    users = users or max(10, rows // 50, -(-2 * rows // items))
     if rows < 1 or dim < 1 or rows > users * items:
         raise ConfigError(f"synthetic interactions: rows={rows}, users={users}, items={items}, dim={dim}; "
                           "need rows >= 1, dim >= 1 and rows <= users * items (no repeated pair)")
