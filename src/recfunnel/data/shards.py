@@ -29,9 +29,9 @@ import xxhash
 from recfunnel.data.rows import Rows
 from recfunnel.data.schema import Manifest, SplitInfo
 from recfunnel.data.streaming_compat import import_streaming
-from recfunnel.errors import DataError
+from recfunnel.errors import ConfigError, DataError
 
-__all__ = ["BLOCK_COLUMNS", "SplitWriter", "run_lengths", "encode_block", "decode_block", "atomic_output_dir", "check_shards"]
+__all__ = ["BLOCK_COLUMNS", "SplitWriter", "run_lengths", "encode_block", "decode_block", "atomic_output_dir", "check_output", "check_shards"]
 
 BLOCK_COLUMNS = {
     "block": "int",
@@ -155,6 +155,15 @@ def run_lengths(sizes: list[int]) -> list[list[int]]:
         else:
             out.append([1, s])
     return out
+
+
+def check_output(out: str | Path, overwrite: bool, block_rows: int = 4096) -> None:
+    """Fail before any slow work when ``out`` exists (``atomic_output_dir`` checks again at the
+    end) or ``block_rows`` is bad."""
+    if Path(out).exists() and not overwrite:
+        raise DataError(f"{out}: already exists; pass --overwrite to replace it")
+    if block_rows < 1:
+        raise ConfigError(f"--block-rows: {block_rows}, expected >= 1")
 
 
 @contextlib.contextmanager

@@ -31,13 +31,13 @@ from recfunnel.data.columns import Table, to_ids, to_numbers, to_timestamps
 from recfunnel.data.encode import Encoded, encode_features
 from recfunnel.data.labels import LabelSpec, check_label_rule, derive_labels
 from recfunnel.data.schema import Manifest
-from recfunnel.data.shards import atomic_output_dir
+from recfunnel.data.shards import atomic_output_dir, check_output
 from recfunnel.data.splits import SplitSpec, assign_splits
 from recfunnel.data.tabular_write import write_dataset
 from recfunnel.errors import ConfigError, DataError
 
 __all__ = ["FEATURE_KINDS", "OWNERS", "RESERVED", "Feature", "InteractionData", "Checked",
-           "prepare_interaction_dataset", "check_interactions", "check_output"]
+           "prepare_interaction_dataset", "check_interactions"]
 
 FEATURE_KINDS = ("dense", "categorical", "multi_hot")
 OWNERS = ("user", "item", "context")
@@ -121,14 +121,6 @@ def prepare_interaction_dataset(data: InteractionData, out: str | Path, *, label
             manifest.extra.update(evaluate(tmp, manifest))
         manifest.save(tmp)
     return manifest
-
-
-def check_output(out: str | Path, overwrite: bool, block_rows: int = 4096) -> None:
-    """Fail before any reading when ``out`` exists (without ``overwrite``) or options are bad."""
-    if Path(out).exists() and not overwrite:
-        raise DataError(f"{out}: already exists; pass --overwrite to replace it")
-    if block_rows < 1:
-        raise ConfigError(f"--block-rows: {block_rows}, expected >= 1")
 
 
 def check_interactions(data: InteractionData) -> Checked:

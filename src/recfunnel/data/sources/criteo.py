@@ -31,9 +31,9 @@ import pyarrow.csv as pcsv
 
 from recfunnel.data.rows import Rows
 from recfunnel.data.schema import DenseFeature, Label, Manifest, SparseFeature, SplitInfo
-from recfunnel.data.shards import atomic_output_dir
+from recfunnel.data.shards import atomic_output_dir, check_output
 from recfunnel.data.sources.ctr_common import (TRAIN, KeyCounter, SplitWriters, TrackedFile, check_fractions,
-                                               check_out, distinct_keys, key_strings, position_uniform, prefetch,
+                                               distinct_keys, key_strings, position_uniform, prefetch,
                                                progress, random_codes, share, split_names, string_keys)
 from recfunnel.data.vocab import Vocab, hash_encode
 from recfunnel.errors import ConfigError, DataError
@@ -96,7 +96,7 @@ def prepare_criteo(inputs: list[str | Path], out: str | Path, *, min_count: int 
                    quiet: bool = False) -> Manifest:
     """Write Criteo TSV files as a dataset of kind ``ctr`` in ``out``; returns its manifest."""
     files = _check(inputs, split, val_fraction, test_fraction, min_count, hash_buckets, max_rows)
-    check_out(out, overwrite)
+    check_output(out, overwrite, block_rows)
     plan = _Plan(split, val_fraction, test_fraction, seed)
     counters = None if hash_buckets else [KeyCounter() for _ in CATS]
     texts: list[dict[int, str]] = [{} for _ in CATS]

@@ -27,7 +27,7 @@ from recfunnel.data.shards import SplitWriter
 from recfunnel.errors import ConfigError, DataError
 
 __all__ = ["TRAIN", "VAL", "TEST", "SPLIT_NAMES", "check_fractions", "split_names", "share", "position_uniform",
-           "random_codes", "SplitWriters", "check_out", "auc", "logloss", "progress", "TrackedFile", "prefetch",
+           "random_codes", "SplitWriters", "auc", "logloss", "progress", "TrackedFile", "prefetch",
            "distinct_keys", "string_keys", "key_strings", "KeyCounter"]
 
 T = TypeVar("T")
@@ -106,12 +106,6 @@ class SplitWriters:
             if info.rows == 0:
                 raise DataError(f"split {name!r} would be empty: {total} rows are too few for the split fractions")
         return infos
-
-
-def check_out(out: str | Path, overwrite: bool) -> None:
-    """Fail before any slow work when ``out`` exists (``atomic_output_dir`` checks again at the end)."""
-    if Path(out).exists() and not overwrite:
-        raise DataError(f"{out}: already exists; pass --overwrite to replace it")
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -31,7 +31,8 @@ from recfunnel.data.columns import Table, closest_name, file_record, read_table,
 from recfunnel.data.labels import LabelSpec, add_label_arguments, label_kwargs
 from recfunnel.data.schema import Manifest
 from recfunnel.data.splits import SplitSpec, add_split_arguments, split_kwargs
-from recfunnel.data.tabular import RESERVED, Feature, InteractionData, check_output, prepare_interaction_dataset
+from recfunnel.data.shards import check_output
+from recfunnel.data.tabular import RESERVED, Feature, InteractionData, prepare_interaction_dataset
 from recfunnel.errors import ConfigError, DataError
 
 __all__ = ["HELP", "add_arguments", "run", "prepare_interactions"]

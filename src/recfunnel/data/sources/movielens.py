@@ -21,7 +21,8 @@ from recfunnel.data.labels import LabelSpec, add_label_arguments, label_kwargs
 from recfunnel.data.schema import Manifest
 from recfunnel.data.sources.movielens_files import VARIANT_FILES, find_files, read_variant
 from recfunnel.data.splits import SplitSpec, add_split_arguments, split_kwargs
-from recfunnel.data.tabular import check_output, prepare_interaction_dataset
+from recfunnel.data.shards import check_output
+from recfunnel.data.tabular import prepare_interaction_dataset
 from recfunnel.errors import DataError
 
 __all__ = ["HELP", "VARIANTS", "add_arguments", "run", "prepare_movielens"]

@@ -31,9 +31,9 @@ import numpy as np
 
 from recfunnel.data.rows import Rows
 from recfunnel.data.schema import DenseFeature, Label, Manifest, SparseFeature
-from recfunnel.data.shards import atomic_output_dir
+from recfunnel.data.shards import atomic_output_dir, check_output
 from recfunnel.data.sources.ctr_common import (SPLIT_NAMES, TEST, VAL, SplitWriters, auc, check_fractions,
-                                               check_out, logloss, position_uniform, progress, random_codes,
+                                               logloss, position_uniform, progress, random_codes,
                                                split_names)
 from recfunnel.errors import ConfigError, DataError
 
@@ -342,7 +342,7 @@ def prepare_synthetic(rows: int, out: str | Path, *, kind: str = "ctr", dense: i
     config = GeneratorConfig(dense=dense, sparse=sparse, multi_hot=multi_hot, max_len=max_len,
                              cardinality=tuple(cardinality), zipf_alpha=zipf_alpha, positive_rate=positive_rate,
                              interactions=interactions, latent_dim=latent_dim, seed=seed)
-    check_out(out, overwrite)
+    check_output(out, overwrite, block_rows)
     truth = GroundTruth(config)
     names = split_names(val_fraction)
     with atomic_output_dir(out, overwrite) as tmp:

@@ -25,7 +25,8 @@ from recfunnel.data.columns import Table
 from recfunnel.data.labels import LabelSpec
 from recfunnel.data.schema import Manifest
 from recfunnel.data.splits import SplitSpec
-from recfunnel.data.tabular import Feature, InteractionData, check_output, prepare_interaction_dataset
+from recfunnel.data.shards import check_output
+from recfunnel.data.tabular import Feature, InteractionData, prepare_interaction_dataset
 from recfunnel.data.vocab import Vocab
 from recfunnel.errors import ConfigError
 
