@@ -13,20 +13,22 @@ import numpy as np
 __all__ = ["Rows", "jagged_take"]
 
 
-def jagged_take(lengths: np.ndarray, values: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def jagged_take(lengths: np.ndarray, values: np.ndarray, idx: np.ndarray,
+                starts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``idx`` of a jagged array, vectorised.
 
-    lengths: int (n,); values: (sum(lengths),); idx: int (m,) -> (lengths[idx], their values).
+    lengths: int (n,); values: (sum(lengths),); idx: int (m,); starts: int64 (n + 1,) offsets of
+    the rows, if the caller keeps them -> (lengths[idx], their values).
     """
     lengths = lengths.astype(np.int64, copy=False)
-    starts = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=starts[1:])
+    if starts is None:
+        starts = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=starts[1:])
     new_lengths = lengths[idx]
     total = int(new_lengths.sum())
     if total == 0:
         return new_lengths, values[:0]
-    new_starts = np.zeros(len(idx), dtype=np.int64)
-    np.cumsum(new_lengths[:-1], out=new_starts[1:])
+    new_starts = np.cumsum(new_lengths) - new_lengths
     # For output position p in row r: source = starts[idx[r]] + (p - new_starts[r]).
     shift = np.repeat(starts[idx] - new_starts, new_lengths)
     return new_lengths, values[np.arange(total, dtype=np.int64) + shift]

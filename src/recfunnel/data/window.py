@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recfunnel.data.rows import Rows
+from recfunnel.data.rows import Rows, jagged_take
 from recfunnel.data.schema import Manifest
 
 __all__ = ["Window", "BatchParts", "join", "to_tensors"]
@@ -75,12 +75,8 @@ class Window:
         """Gather the next ``n`` rows in emission order and advance."""
         idx, self.order = self.order[:n], self.order[n:]
         mh_lengths = np.take(self.mh_lengths, idx, axis=0)
-        mh_values = []
-        for j, (starts, values) in enumerate(zip(self.mh_starts, self.mh_values)):
-            lens = mh_lengths[:, j].astype(np.int64)
-            total = int(lens.sum())
-            out_starts = np.cumsum(lens) - lens
-            mh_values.append(values[np.arange(total, dtype=np.int64) + np.repeat(starts[idx] - out_starts, lens)])
+        mh_values = [jagged_take(self.mh_lengths[:, j], values, idx, starts)[1]
+                     for j, (starts, values) in enumerate(zip(self.mh_starts, self.mh_values))]
         # np.take is faster than fancy indexing for these row gathers. Sparse ids, the bulk of a
         # batch, are gathered later straight into the KeyedJaggedTensor values (see to_tensors).
         return {"dense": np.take(self.dense, idx, axis=0), "sparse": [(self.sparse_t, idx)],
