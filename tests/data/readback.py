@@ -4,23 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recfunnel.data.block_stream import release_shared_memory
-from recfunnel.data.rows import Rows
-from recfunnel.data.schema import Manifest, load_manifest
-from recfunnel.data.shards import decode_block
-from recfunnel.data.streaming_compat import import_streaming
+from recfunnel.data.read import read_split
 
-
-def read_split(folder: str | Path, split: str) -> tuple[Manifest, Rows]:
-    """Every row of ``split`` in shard order, decoded from its MDS blocks."""
-    streaming = import_streaming()
-    manifest = load_manifest(folder)
-    dataset = streaming.StreamingDataset(local=str(Path(folder) / split), remote=None, shuffle=False, batch_size=1)
-    try:
-        blocks = [decode_block(dataset[i], manifest, where=split) for i in range(len(dataset))]
-    finally:
-        release_shared_memory(dataset)  # before another dataset opens the same folder
-    return manifest, Rows.concat(blocks)
+__all__ = ["read_split", "assert_failed_cleanly"]
 
 
 def assert_failed_cleanly(result: tuple[int, str, str], out: Path, *expected: str) -> str:

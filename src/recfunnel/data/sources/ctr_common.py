@@ -1,6 +1,7 @@
 """Pieces shared by the CTR-shaped sources (``criteo``, ``synthetic``): row splits, split writers,
-ranking metrics, a file reader that hashes, counts lines and reports progress as it streams,
-background prefetching, and categorical values as integer keys.
+ranking metrics (``auc``, ``logloss``, from ``recfunnel.metrics.ranking``), a file reader that hashes,
+counts lines and reports progress as it streams, background prefetching, and categorical values as
+integer keys.
 
 Split codes are ``TRAIN`` / ``VAL`` / ``TEST`` (0 / 1 / 2). ``--val-fraction 0`` writes no val split.
 """
@@ -25,6 +26,8 @@ from recfunnel.data.rows import Rows
 from recfunnel.data.schema import SplitInfo
 from recfunnel.data.shards import SplitWriter
 from recfunnel.errors import ConfigError, DataError
+from recfunnel.metrics.ranking import auc
+from recfunnel.metrics.ranking import log_loss as logloss
 
 __all__ = ["TRAIN", "VAL", "TEST", "SPLIT_NAMES", "check_fractions", "split_names", "share", "position_uniform",
            "random_codes", "SplitWriters", "auc", "logloss", "progress", "TrackedFile", "prefetch",
@@ -106,31 +109,6 @@ class SplitWriters:
             if info.rows == 0:
                 raise DataError(f"split {name!r} would be empty: {total} rows are too few for the split fractions")
         return infos
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC of ``scores`` (n,) for binary ``labels`` (n,); tied scores count one half. NaN if one class."""
-    labels = np.asarray(labels) > 0
-    n_pos = int(labels.sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="stable")
-    sorted_scores = np.asarray(scores)[order]
-    # Average ranks over runs of tied scores (the Mann-Whitney statistic).
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(sorted_scores)]
-    mid_rank = (starts + ends + 1) / 2.0
-    ranks = np.repeat(mid_rank, ends - starts)
-    pos_rank_sum = float(ranks[labels[order]].sum())
-    return (pos_rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-
-
-def logloss(labels: np.ndarray, p: np.ndarray) -> float:
-    """Mean binary cross-entropy (nats) of probabilities ``p`` (n,) for ``labels`` (n,)."""
-    p = np.clip(np.asarray(p, np.float64), 1e-15, 1 - 1e-15)
-    y = np.asarray(labels) > 0
-    return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
 
 
 def progress(total: int, desc: str, quiet: bool, unit: str = "B") -> tqdm:
