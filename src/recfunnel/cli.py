@@ -78,6 +78,82 @@ def _cmd_bench_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from recfunnel.train.run import train
+
+    train(args.model, args.data, args.out, args.config, args.set, overwrite=args.overwrite, quiet=args.quiet)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from recfunnel.train.evaluate import evaluate_run
+
+    evaluate_run(args.run, as_json=args.json)
+    return 0
+
+
+def _cmd_export_embeddings(args: argparse.Namespace) -> int:
+    from recfunnel.retrieval.embeddings import export_embeddings
+
+    counts = export_embeddings(args.run, args.out, overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"{args.out}: users.parquet ({counts['users']:,} users), items.parquet ({counts['items']:,} items), "
+              f"{counts['dim']}-d float32 embeddings")
+    return 0
+
+
+def _cmd_bench_train(args: argparse.Namespace) -> int:
+    from recfunnel.bench.train import bench_train, print_bench
+
+    result = bench_train(batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, threads=args.threads,
+                         rows_per_table=args.rows_per_table)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_bench(result)
+    return 0
+
+
+def _cmd_bench_quality(args: argparse.Namespace) -> int:
+    from recfunnel.bench.quality import bench_quality, print_quality
+
+    result = bench_quality(args.work, args.protocol or None)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_quality(result)
+    return 0
+
+
+def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
+    from recfunnel.config import MODELS
+
+    p = sub.add_parser("train", help="train a two-tower retriever or a DLRM / DCNv2 / DeepFM ranker",
+                       description="Train on a prepared dataset; writes RUN_DIR (model, metrics.json, plots, "
+                       "checkpoints) and an MLflow run (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db).")
+    p.add_argument("--model", required=True, choices=MODELS)
+    p.add_argument("--data", required=True, help="dataset folder written by `recfunnel prepare`")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
+    p.add_argument("--config", help="YAML file applied on top of the model's defaults (configs/<model>.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. --set train.batch_size=4096 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="reuse a RUN_DIR that holds a finished run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="a run's validation and test metrics beside its baselines")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("export-embeddings", help="user and item embeddings of a two-tower run, as Parquet")
+    p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for users.parquet and items.parquet")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_export_embeddings)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The full parser; with ``argv``, only the source that ``argv`` names is imported."""
     parser = argparse.ArgumentParser(prog="recfunnel", description="Deep-learning recommenders as a funnel: "
@@ -113,6 +189,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="check sizes only, skip content hashes")
     p.set_defaults(func=_cmd_validate)
 
+    _add_train_parsers(sub)
+
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True, metavar="WHAT")
     bp = bench.add_parser("data", help="loader rows/s vs a Parquet reader vs per-row MDS samples")
@@ -123,6 +201,22 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     bp.add_argument("--repeats", type=int, default=3, help="measurements per reader; the median is reported")
     bp.add_argument("--json", action="store_true", help="print one JSON object")
     bp.set_defaults(func=_cmd_bench_data)
+    bp = bench.add_parser("train", help="DLRM training samples/s (Criteo Kaggle shape): TorchRec vs plain "
+                          "PyTorch vs the machine's roofline")
+    bp.add_argument("--batch-size", type=int, default=2048)
+    bp.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default 20)")
+    bp.add_argument("--repeats", type=int, default=3, help="measurements per variant; the median is reported")
+    bp.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    bp.add_argument("--rows-per-table", type=int, default=100_000, help="embedding rows per table (default 100k)")
+    bp.add_argument("--json", action="store_true", help="print one JSON object")
+    bp.set_defaults(func=_cmd_bench_train)
+    bp = bench.add_parser("quality", help="model quality on MovieLens 100k and synthetic CTR data beside "
+                          "baselines (prepares data and trains, minutes)")
+    bp.add_argument("--work", default=".demo/bench-quality", help="folder for datasets and runs")
+    bp.add_argument("--protocol", action="append", choices=["tfrs", "temporal", "ctr"],
+                    help="run only this protocol (repeatable; default all)")
+    bp.add_argument("--json", action="store_true", help="print one JSON object")
+    bp.set_defaults(func=_cmd_bench_quality)
     return parser
 
 

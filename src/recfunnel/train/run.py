@@ -1,0 +1,144 @@
+"""``recfunnel train``: one function from a dataset and a config to a run folder and an MLflow run.
+
+    RUN_DIR/
+        config.yaml      the resolved configuration
+        metrics.json     best validation and test metrics, baselines, throughput, MLflow run id
+        model/           the final (best) model, unsharded, self-contained (see artifacts.py)
+        checkpoints/     best.pt, last.pt
+        plots/           training curves, calibration or baseline comparison (also in MLflow)
+        mlflow.json      where the run is tracked
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from recfunnel.config import RunConfig, load_config
+from recfunnel.data.schema import load_manifest
+from recfunnel.errors import ConfigError, RecfunnelError
+from recfunnel.train.artifacts import MODEL_DIR, build_model, load_trained, save_model
+from recfunnel.train.distributed import init_world, wrap
+from recfunnel.train.loop import TrainingError, fit
+from recfunnel.train.summary import log_results, print_summary
+
+__all__ = ["train", "check_compatible", "METRICS"]
+
+METRICS = "metrics.json"
+
+
+def check_compatible(config: RunConfig, data: str | Path) -> None:
+    """Fail before training when the dataset cannot feed the model (features, labels, kind)."""
+    manifest = load_manifest(data)
+    if config.is_retrieval:
+        if manifest.kind != "interactions":
+            raise ConfigError(f"{data}: two-tower needs a user-item interactions dataset, this one is "
+                              f"{manifest.kind!r}; train a ranker (dlrm, dcnv2, deepfm) on it instead")
+    build_model(config, manifest, device="meta")  # raises on unknown features
+    if not config.is_retrieval:
+        from recfunnel.train.tasks import RankingTask
+
+        RankingTask(config.model.heads, manifest)  # raises on unknown labels
+    if "train" not in manifest.splits:
+        raise ConfigError(f"{data}: no train split")
+
+
+def _objective(config: RunConfig, manifest: Any, data: str, model: torch.nn.Module) -> Any:
+    from recfunnel.train.objectives import RankingObjective, RetrievalObjective
+
+    if config.is_retrieval:
+        return RetrievalObjective(config, manifest, data, model)
+    return RankingObjective(config, manifest, data)
+
+
+def _early_stopping_metric(config: RunConfig, has_val: bool) -> str:
+    metric = config.train.early_stopping_metric
+    if metric == "auto":
+        metric = f"recall_at_{max(config.eval.ks)}" if config.is_retrieval else "auc"
+    return metric
+
+
+def train(model_kind: str, data: str | Path, out: str | Path, config_file: str | Path | None = None,
+          overrides: list[str] = (), *, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train ``model_kind`` on the prepared dataset ``data``; write the run folder ``out``.
+
+    Returns the metrics written to ``out/metrics.json``.
+    """
+    config = load_config(model_kind, config_file, list(overrides))
+    data, out = str(data), Path(out)
+    manifest = load_manifest(data)
+    check_compatible(config, data)
+    if (out / METRICS).exists() and not overwrite:
+        raise RecfunnelError(f"{out}: already holds a finished run; choose another --out or pass --overwrite")
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    world = init_world()
+    torch.manual_seed(config.train.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    from recfunnel.train.tracking import Tracker, file_sha256, package_versions
+
+    tracker = Tracker.start(config.tracking, run_dir=out, enabled=world.is_main, quiet=quiet)
+    with tracker:
+        tracker.log_params({**config.to_dict(), "data": data})
+        tracker.set_tags({"recfunnel.model": model_kind, "recfunnel.data": data,
+                          "recfunnel.manifest_sha256": file_sha256(Path(data) / "manifest.json"),
+                          "recfunnel.world_size": str(world.world_size), **package_versions()})
+        model = build_model(config, manifest, device="meta")
+        dmp, optimizer, plan = wrap(model, world, config.train.embedding_optimizer, config.train.dense_optimizer)
+        objective = _objective(config, manifest, data, dmp)
+        has_val = "val" in manifest.splits and manifest.splits["val"].rows > 0
+        metric = _early_stopping_metric(config, has_val)
+        result = fit(dmp, optimizer, objective, config, data, world, out / "checkpoints", metric, has_val=has_val,
+                     quiet=quiet, log=tracker.log_metrics)
+        metrics = _finish(config, manifest, data, out, objective, result, world, tracker, metric, quiet)
+    return metrics
+
+
+def _finish(config, manifest, data, out, objective, result, world, tracker, metric, quiet) -> dict[str, Any]:
+    """Best weights -> model folder; test metrics and baselines; metrics.json, MLflow, summary."""
+    best = torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    if world.is_main:
+        save_model(out / MODEL_DIR, config, manifest, best["state_dict"], data)
+    torch.distributed.barrier()
+    trained = load_trained(out / MODEL_DIR)
+    splits = [s for s in ("val", "test") if s in manifest.splits and manifest.splits[s].rows > 0]
+    evaluated: dict[str, dict[str, float]] = {}
+    start = time.perf_counter()
+    for split in splits:
+        if config.is_retrieval:
+            evaluated[split] = objective.evaluate(trained.model, split, torch.device("cpu"),
+                                                  no_exclusion=split == "test")
+        else:
+            evaluated[split] = objective.evaluate(trained.model, split, torch.device("cpu"))
+    eval_seconds = time.perf_counter() - start
+    baselines: dict[str, Any] = {}
+    if config.eval.baselines and world.is_main:
+        from recfunnel.train.compare import ranking_baselines, retrieval_baselines
+
+        if config.is_retrieval:
+            baselines = retrieval_baselines(objective, splits, config.eval.ease_l2, no_exclusion=True)
+        else:
+            baselines = ranking_baselines(data, manifest, splits)
+    metrics = {
+        "model": config.model_kind, "data": data, **evaluated, "baselines": baselines,
+        "early_stopping": {"metric": metric, "best_epoch": result.best_epoch, "epochs": result.epochs,
+                           "stopped_early": result.stopped_early},
+        "train": {"steps": result.steps, "seconds": round(result.seconds, 2),
+                  "samples_per_s": round(result.samples_per_s, 1), "world_size": world.world_size,
+                  "eval_seconds": round(eval_seconds, 2)},
+        "mlflow": {"run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri},
+    }
+    if world.is_main:
+        tmp = out / (METRICS + ".tmp")
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        tmp.replace(out / METRICS)
+        log_results(tracker, metrics, result.history, trained, out, objective, config)
+        if not quiet:
+            print_summary(metrics, out)
+    return metrics

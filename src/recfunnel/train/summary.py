@@ -1,0 +1,94 @@
+"""The end of a run: metrics, plots, checkpoints and the model into MLflow; a summary table for people."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recfunnel.config import RunConfig
+from recfunnel.report import table
+
+__all__ = ["log_results", "print_summary", "comparison_rows"]
+
+RANKING_COLUMNS = ("auc", "log_loss", "calibration")
+
+
+def _retrieval_columns(metrics: dict[str, Any]) -> list[str]:
+    test = metrics.get("test") or metrics.get("val") or {}
+    ordered = [k for k in test if k.startswith(("recall_at", "ndcg_at"))]
+    ordered += [k for k in test if k.startswith("accuracy_at") and not k.endswith("no_exclusion")]
+    ordered += [k for k in test if k.endswith("no_exclusion")] + [k for k in ("mrr",) if k in test]
+    return ordered
+
+
+def comparison_rows(metrics: dict[str, Any], split: str) -> dict[str, dict[str, float]]:
+    """{model name: metrics on ``split``} for the trained model and every baseline."""
+    rows = {metrics["model"]: metrics.get(split, {})}
+    for name, by_split in metrics.get("baselines", {}).items():
+        if split in by_split:
+            rows[name.replace("_", "-")] = by_split[split]
+    return rows
+
+
+def print_summary(metrics: dict[str, Any], out: Path) -> None:
+    retrieval = metrics["model"] == "two-tower"
+    columns = _retrieval_columns(metrics) if retrieval else [
+        c for c in RANKING_COLUMNS if c in metrics.get("test", metrics.get("val", {}))]
+    for split in ("val", "test"):
+        rows = comparison_rows(metrics, split)
+        if not rows[metrics["model"]]:
+            continue
+        print()
+        print(table([[name] + [m.get(c) for c in columns] for name, m in rows.items()],
+                    ["model"] + [c.replace("_at_", "@") for c in columns], title=f"{split} split"))
+    t, e = metrics["train"], metrics["early_stopping"]
+    print(f"\ntrained {e['epochs']} epochs ({t['steps']:,} steps, {t['seconds']:.1f} s, "
+          f"{t['samples_per_s']:,.0f} samples/s); best epoch {e['best_epoch']} by val {e['metric']}"
+          + (", stopped early" if e["stopped_early"] else ""))
+    print(f"run folder: {out}   MLflow run: {metrics['mlflow']['run_id']} ({metrics['mlflow']['tracking_uri']})")
+
+
+def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for split in ("val", "test"):
+        for k, v in metrics.get(split, {}).items():
+            out[f"{split}_{k}"] = v
+    for name, by_split in metrics.get("baselines", {}).items():
+        for split, values in by_split.items():
+            if isinstance(values, dict):
+                for k, v in values.items():
+                    if isinstance(v, (int, float)):
+                        out[f"baseline_{name}_{split}_{k}"] = v
+    for k, v in metrics["train"].items():
+        out[f"train_{k}"] = v
+    return out
+
+
+def log_results(tracker: Any, metrics: dict[str, Any], history: list[dict[str, Any]], trained: Any, out: Path,
+                objective: Any, config: RunConfig) -> None:
+    from recfunnel.train import plots
+
+    tracker.log_metrics(_flat_metrics(metrics))
+    figures = {"training_curves": plots.training_curves(history)}
+    if config.is_retrieval:
+        columns = [c for c in _retrieval_columns(metrics) if c.startswith(("recall_at", "ndcg_at"))]
+        figures["comparison"] = plots.metric_comparison(comparison_rows(metrics, "test"), columns)
+    elif "test" in metrics and config.model.heads[0].kind == "binary":
+        from recfunnel.metrics.ranking import calibration_bins
+
+        logits, labels, weights = objective.predict(trained.model, "test", trained.model_device)
+        keep = weights > 0
+        column = objective.task.columns[0]
+        probs = 1 / (1 + np.exp(-logits[keep, 0]))
+        figures["calibration"] = plots.calibration_plot(calibration_bins(labels[keep, column], probs))
+    plot_dir = out / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    for name, fig in figures.items():
+        fig.savefig(plot_dir / f"{name}.png", dpi=100)
+        tracker.log_figure(fig, f"plots/{name}.png")
+    tracker.log_artifact(out / "metrics.json")
+    if config.tracking.log_checkpoints:
+        tracker.log_artifacts(out / "checkpoints", "checkpoints")
+    tracker.log_model(trained.folder, register_as=config.tracking.register_as)

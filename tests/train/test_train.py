@@ -1,0 +1,164 @@
+"""`recfunnel train`, `evaluate` and `export-embeddings` end to end on tiny generated data."""
+
+import json
+import math
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recfunnel.train.artifacts import load_trained
+
+FAST = ["--set", "train.epochs=2", "--set", "train.batch_size=256", "--set", "train.log_every=5"]
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    from recfunnel.cli import main
+
+    root = tmp_path_factory.mktemp("data")
+    assert main(["prepare", "synthetic", "--kind", "interactions", "--rows", "6000", "--out",
+                 str(root / "pairs"), "--quiet"]) == 0
+    assert main(["prepare", "synthetic", "--rows", "8000", "--sparse", "4", "--multi-hot", "1", "--dense", "3", "--interactions", "2",
+                 "--out", str(root / "ctr"), "--quiet"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def two_tower_run(datasets, tmp_path_factory):
+    from recfunnel.cli import main
+
+    run = tmp_path_factory.mktemp("runs") / "tt"
+    assert main(["train", "--model", "two-tower", "--data", str(datasets / "pairs"), "--out", str(run), *FAST,
+                 "--set", "tracking.register_as=tiny-two-tower"]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def dlrm_run(datasets, tmp_path_factory):
+    from recfunnel.cli import main
+
+    run = tmp_path_factory.mktemp("runs") / "dlrm"
+    assert main(["train", "--model", "dlrm", "--data", str(datasets / "ctr"), "--out", str(run), *FAST]) == 0
+    return run
+
+
+def test_two_tower_run_has_metrics_beside_baselines(two_tower_run):
+    metrics = json.loads((two_tower_run / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert 0 <= metrics[split]["recall_at_100"] <= 1
+        assert set(metrics["baselines"]) == {"most_popular", "ease"}
+        assert "recall_at_20" in metrics["baselines"]["ease"][split]
+    assert "accuracy_at_100_no_exclusion" in metrics["test"]
+    assert metrics["train"]["samples_per_s"] > 0
+    assert (two_tower_run / "model" / "model.pt").is_file()
+    assert (two_tower_run / "checkpoints" / "best.pt").is_file()
+    assert (two_tower_run / "plots" / "training_curves.png").is_file()
+
+
+def test_the_saved_model_reproduces_the_reported_test_metrics(two_tower_run, datasets):
+    from recfunnel.train.objectives import RetrievalObjective
+
+    trained = load_trained(two_tower_run)
+    objective = RetrievalObjective(trained.config, trained.manifest, str(datasets / "pairs"), trained.model)
+    again = objective.evaluate(trained.model, "test", torch.device("cpu"))
+    reported = json.loads((two_tower_run / "metrics.json").read_text())["test"]
+    assert again["recall_at_20"] == pytest.approx(reported["recall_at_20"])
+
+
+def test_run_is_in_mlflow_with_params_curves_and_a_model_that_scores(two_tower_run):
+    info = json.loads((two_tower_run / "mlflow.json").read_text())
+    client = mlflow.MlflowClient(info["tracking_uri"])
+    run = client.get_run(info["run_id"])
+    assert run.data.params["train.epochs"] == "2"
+    assert "test_recall_at_100" in run.data.metrics
+    assert len(client.get_metric_history(info["run_id"], "train_loss")) >= 2
+    artifacts = {a.path for a in client.list_artifacts(info["run_id"], "plots")}
+    assert "plots/training_curves.png" in artifacts
+    mlflow.set_tracking_uri(info["tracking_uri"])
+    model = mlflow.pyfunc.load_model("models:/tiny-two-tower/latest")
+    users = pd.read_parquet(two_tower_run / "model" / "users.parquet")["user_id"][:3]
+    items = pd.read_parquet(two_tower_run / "model" / "items.parquet")["item_id"][:3]
+    scores = model.predict(pd.DataFrame({"user_id": users.to_numpy(), "item_id": items.to_numpy()}))
+    assert np.isfinite(np.asarray(scores["score"])).all()
+
+
+def test_export_embeddings_writes_raw_ids_and_float32_lists(cli, two_tower_run, tmp_path):
+    code, out, err = cli("export-embeddings", "--run", two_tower_run, "--out", tmp_path / "emb")
+    assert code == 0, err
+    users = pd.read_parquet(tmp_path / "emb" / "users.parquet")
+    items = pd.read_parquet(tmp_path / "emb" / "items.parquet")
+    catalogue = pd.read_parquet(two_tower_run / "model" / "items.parquet")
+    assert list(items["item_id"]) == list(catalogue["item_id"])
+    assert list(users.columns) == ["user_id", "embedding"]
+    dims = {len(v) for v in items["embedding"]}
+    assert dims == {64} and items["embedding"][0].dtype == np.float32
+
+
+def test_evaluate_json_is_one_object_with_test_and_baselines(cli, dlrm_run):
+    code, out, err = cli("evaluate", "--run", dlrm_run, "--json")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert 0.5 < metrics["test"]["auc"] <= 1
+    assert "auc" in metrics["baselines"]["logistic_regression"]["test"]
+    code, out, _ = cli("evaluate", "--run", dlrm_run)
+    assert "logistic-regression" in out and "test split" in out
+
+
+def test_dlrm_pyfunc_scores_a_dataframe_like_the_model(dlrm_run, datasets):
+    info = json.loads((dlrm_run / "mlflow.json").read_text())
+    mlflow.set_tracking_uri(info["tracking_uri"])
+    model = mlflow.pyfunc.load_model(info["model_uri"])
+    trained = load_trained(dlrm_run)
+    manifest = trained.manifest
+    frame = pd.DataFrame({f.name: [0.5, 2.0] for f in manifest.dense})
+    for f in manifest.single_hot:
+        frame[f.name] = [1, 2]
+    for f in manifest.multi_hot:
+        frame[f.name] = [[1, 2], [3]]
+    out = model.predict(frame)
+    probs = np.asarray(out["label"], dtype=float)
+    assert probs.shape == (2,) and ((probs > 0) & (probs < 1)).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "two-tower", "--data", "{ctr}"], "two-tower needs a user-item interactions dataset"),
+    (["--model", "dlrm", "--data", "{ctr}", "--set", "model.features=[cat_0, nope]"],
+     "model.features: no feature 'nope' in the dataset"),
+    (["--model", "dlrm", "--data", "{ctr}", "--set", "model.heads=[{label: clicked}]"],
+     "model.heads[0].label: no label 'clicked'"),
+    (["--model", "dlrm", "--data", "{ctr}", "--set", "train.batch_size=-3"], "train.batch_size: expected"),
+    (["--model", "dlrm", "--data", "{missing}"], "no manifest"),
+])
+def test_mismatches_fail_before_training_with_one_line(cli, datasets, tmp_path, args, message):
+    args = [a.replace("{ctr}", str(datasets / "ctr")).replace("{missing}", str(tmp_path / "nothing")) for a in args]
+    code, out, err = cli("train", *args, "--out", tmp_path / "run")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(datasets, tmp_path, monkeypatch):
+    from recfunnel.train import objectives
+    from recfunnel.train.loop import TrainingError
+    from recfunnel.train.run import train
+
+    real = objectives.RankingObjective.loss
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch):  # the real loss, made NaN from the 30th step on
+        losses = real(self, model, batch)
+        calls["n"] += 1
+        if calls["n"] >= 30:
+            losses["loss"] = losses["loss"] * math.nan
+        return losses
+
+    monkeypatch.setattr(objectives.RankingObjective, "loss", poisoned)
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2") as err:
+        train("dlrm", datasets / "ctr", tmp_path / "run", overrides=["train.batch_size=256"], quiet=True)
+    assert "last.pt (epoch 1)" in str(err.value)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert not (tmp_path / "run" / "metrics.json").exists()
