@@ -13,6 +13,9 @@ setup:
 demo: setup
 	$(VENV)/recfunnel prepare movielens --variant ml-100k --out $(DEMO_DIR)/ml-100k --overwrite --quiet
 	$(VENV)/recfunnel inspect $(DEMO_DIR)/ml-100k
+	$(VENV)/recfunnel train --model two-tower --data $(DEMO_DIR)/ml-100k --out $(DEMO_DIR)/runs/two-tower --overwrite
+	$(VENV)/recfunnel train --model dlrm --data $(DEMO_DIR)/ml-100k --out $(DEMO_DIR)/runs/dlrm --overwrite
+	@echo "MLflow: $(VENV)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)  (then open http://127.0.0.1:5000)"
 
 test: setup
 	$(VENV)/python -m pytest -q
@@ -23,9 +26,11 @@ test-quick: setup
 bench: setup
 	$(VENV)/recfunnel prepare synthetic --rows 1000000 --out $(DEMO_DIR)/bench-synthetic --overwrite --quiet
 	$(VENV)/recfunnel bench data $(DEMO_DIR)/bench-synthetic
+	$(VENV)/recfunnel bench train
+	$(VENV)/recfunnel bench quality --work $(DEMO_DIR)/bench-quality
 
 lock:
 	scripts/lock.sh
 
 clean:
-	rm -rf .demo .pytest_cache
+	rm -rf .demo .pytest_cache mlruns

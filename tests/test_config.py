@@ -59,3 +59,14 @@ def test_bad_files_are_named(tmp_path):
         load_config("dlrm", listy)
     with pytest.raises(ConfigError, match="model: expected one of"):
         load_config("xgboost")
+
+
+def test_early_stopping_metric_must_be_one_the_model_reports(tmp_path):
+    from recfunnel.train.run import _early_stopping_metric, validation_metrics
+
+    assert _early_stopping_metric(load_config("dlrm")) == "auc"
+    assert _early_stopping_metric(load_config("two-tower")) == "recall_at_100"
+    multi = load_config("dlrm", overrides=["model.heads=[{label: rating, kind: regression}, {label: label}]"])
+    assert _early_stopping_metric(multi) == "rating_rmse" and "label_auc" in validation_metrics(multi)
+    with pytest.raises(ConfigError, match="train.early_stopping_metric: 'recall_at_100' is not a validation metric"):
+        _early_stopping_metric(load_config("dlrm", overrides=["train.early_stopping_metric=recall_at_100"]))

@@ -88,7 +88,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from recfunnel.train.evaluate import evaluate_run
 
-    evaluate_run(args.run, as_json=args.json)
+    evaluate_run(args.run, as_json=args.json, data=args.data)
     return 0
 
 
@@ -143,6 +143,8 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="a run's validation and test metrics beside its baselines")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
+    p.add_argument("--data", help="evaluate the run's saved model afresh on this dataset (same features) "
+                   "instead of printing the metrics recorded at the end of training")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_evaluate)
 

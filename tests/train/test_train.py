@@ -162,3 +162,26 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(datasets, t
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_multi_task_ranker_reports_every_head(cli, datasets, tmp_path):
+    run = tmp_path / "mt"
+    code, out, err = cli("train", "--model", "deepfm", "--data", datasets / "pairs", "--out", run, *FAST, "--quiet",
+                         "--set", "model.heads=[{label: label}, {label: rating, kind: regression, weight: 0.1}]")
+    assert code == 0, err
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    assert 0 <= test["label_auc"] <= 1 and test["rating_rmse"] > 0
+    assert test["loss"] == pytest.approx(test["label_loss"] + 0.1 * test["rating_loss"], rel=1e-4)
+
+
+def test_evaluate_on_data_recomputes_and_refuses_a_mismatched_dataset(cli, dlrm_run, datasets, tmp_path):
+    code, out, err = cli("evaluate", "--run", dlrm_run, "--data", datasets / "ctr", "--json")
+    assert code == 0, err
+    again = json.loads(out)["test"]
+    reported = json.loads((dlrm_run / "metrics.json").read_text())["test"]
+    assert again["auc"] == pytest.approx(reported["auc"], abs=1e-6)
+    other = tmp_path / "other"
+    assert cli("prepare", "synthetic", "--rows", "3000", "--sparse", "4", "--multi-hot", "1", "--dense", "3",
+               "--interactions", "2", "--cardinality", "50", "--out", other, "--quiet")[0] == 0
+    code, out, err = cli("evaluate", "--run", dlrm_run, "--data", other)
+    assert code == 2 and "has cardinality 50" in err and "the model's table has" in err, err

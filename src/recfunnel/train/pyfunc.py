@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["RecfunnelPyfunc", "predict_frame"]
+__all__ = ["RecfunnelPyfunc", "predict_frame", "example_request"]
 
 
 class RecfunnelPyfunc(mlflow.pyfunc.PythonModel):
@@ -104,3 +104,23 @@ def _score_pairs(model: RecfunnelPyfunc, df: pd.DataFrame) -> pd.DataFrame:
             embedded.append(tower(dense, kjt))
         score[known] = (embedded[0] * embedded[1]).sum(dim=1).numpy()
     return pd.DataFrame({"score": score}, index=df.index)
+
+
+def example_request(trained: Any, rows: int = 2) -> pd.DataFrame:
+    """A small valid request for ``trained`` (a ``Trained``), logged with the model as its example."""
+    folder, manifest = trained.folder, trained.manifest
+    if trained.config.is_retrieval:
+        users = pd.read_parquet(folder / "users.parquet", columns=["user_id"])["user_id"][:rows]
+        items = pd.read_parquet(folder / "items.parquet", columns=["item_id"])["item_id"][:rows]
+        n = min(len(users), len(items))
+        return pd.DataFrame({"user_id": users.to_numpy()[:n], "item_id": items.to_numpy()[:n]})
+    from recfunnel.data.vocab import Vocab
+
+    frame: dict[str, Any] = {f.name: [0.0] * rows for f in manifest.dense}
+    for f in manifest.sparse:
+        value: Any = 1
+        if f.encoding == "vocab" and (folder / "vocab" / f"{f.name}.parquet").is_file():
+            value = Vocab.load(folder / "vocab", f.name).decode(np.array([min(1, f.cardinality - 1)]))[0]
+            value = value.item() if hasattr(value, "item") else value
+        frame[f.name] = [[value] if f.multi_hot else value] * rows
+    return pd.DataFrame(frame)

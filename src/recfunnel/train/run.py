@@ -27,7 +27,7 @@ from recfunnel.train.distributed import init_world, wrap
 from recfunnel.train.loop import TrainingError, fit
 from recfunnel.train.summary import log_results, print_summary
 
-__all__ = ["train", "check_compatible", "METRICS"]
+__all__ = ["train", "check_compatible", "validation_metrics", "METRICS"]
 
 METRICS = "metrics.json"
 
@@ -56,10 +56,29 @@ def _objective(config: RunConfig, manifest: Any, data: str, model: torch.nn.Modu
     return RankingObjective(config, manifest, data)
 
 
-def _early_stopping_metric(config: RunConfig, has_val: bool) -> str:
+HEAD_METRICS = {"binary": ("auc", "log_loss", "calibration"), "regression": ("rmse", "mae"),
+                "multiclass": ("accuracy",)}
+
+
+def validation_metrics(config: RunConfig) -> list[str]:
+    """Names of the metrics a validation pass reports (the first is the default to stop on)."""
+    if config.is_retrieval:
+        ks = config.eval.ks
+        return ([f"recall_at_{max(ks)}"] + [f"{m}_at_{k}" for m in ("recall", "ndcg", "hit_rate", "accuracy")
+                                             for k in ks] + ["mrr"])
+    heads = config.model.heads
+    names = [(f"{h.label}_" if len(heads) > 1 else "") + m for h in heads for m in HEAD_METRICS[h.kind]]
+    return names + (["loss"] + [f"{h.label}_loss" for h in heads] if len(heads) > 1 else ["loss"])
+
+
+def _early_stopping_metric(config: RunConfig) -> str:
+    known = validation_metrics(config)
     metric = config.train.early_stopping_metric
     if metric == "auto":
-        metric = f"recall_at_{max(config.eval.ks)}" if config.is_retrieval else "auc"
+        return known[0]
+    if metric not in known:
+        raise ConfigError(f"train.early_stopping_metric: {metric!r} is not a validation metric of this model; "
+                          f"choose from {sorted(set(known))}")
     return metric
 
 
@@ -73,6 +92,7 @@ def train(model_kind: str, data: str | Path, out: str | Path, config_file: str |
     data, out = str(data), Path(out)
     manifest = load_manifest(data)
     check_compatible(config, data)
+    metric = _early_stopping_metric(config)
     if (out / METRICS).exists() and not overwrite:
         raise RecfunnelError(f"{out}: already holds a finished run; choose another --out or pass --overwrite")
     if config.train.threads:
@@ -93,7 +113,6 @@ def train(model_kind: str, data: str | Path, out: str | Path, config_file: str |
         dmp, optimizer, plan = wrap(model, world, config.train.embedding_optimizer, config.train.dense_optimizer)
         objective = _objective(config, manifest, data, dmp)
         has_val = "val" in manifest.splits and manifest.splits["val"].rows > 0
-        metric = _early_stopping_metric(config, has_val)
         result = fit(dmp, optimizer, objective, config, data, world, out / "checkpoints", metric, has_val=has_val,
                      quiet=quiet, log=tracker.log_metrics)
         metrics = _finish(config, manifest, data, out, objective, result, world, tracker, metric, quiet)

@@ -16,11 +16,19 @@ RANKING_COLUMNS = ("auc", "log_loss", "calibration")
 
 
 def _retrieval_columns(metrics: dict[str, Any]) -> list[str]:
+    """recall@K and NDCG@K for every K, then top-K accuracy at the largest K with and without the
+    user's training items excluded (the latter is what TensorFlow Recommenders reports)."""
     test = metrics.get("test") or metrics.get("val") or {}
-    ordered = [k for k in test if k.startswith(("recall_at", "ndcg_at"))]
-    ordered += [k for k in test if k.startswith("accuracy_at") and not k.endswith("no_exclusion")]
-    ordered += [k for k in test if k.endswith("no_exclusion")] + [k for k in ("mrr",) if k in test]
+    ordered = [k for k in test if k.startswith("recall_at")] + [k for k in test if k.startswith("ndcg_at")]
+    accuracy = [k for k in test if k.startswith("accuracy_at") and not k.endswith("no_exclusion")]
+    if accuracy:
+        top = max(accuracy, key=lambda k: int(k.rsplit("_", 1)[1]))
+        ordered += [top] + [k for k in (f"{top}_no_exclusion",) if k in test]
     return ordered
+
+
+def _header(column: str) -> str:
+    return column.replace("_at_", "@").replace("accuracy", "acc").replace("_no_exclusion", " no-excl")
 
 
 def comparison_rows(metrics: dict[str, Any], split: str) -> dict[str, dict[str, float]]:
@@ -42,11 +50,14 @@ def print_summary(metrics: dict[str, Any], out: Path) -> None:
             continue
         print()
         print(table([[name] + [m.get(c) for c in columns] for name, m in rows.items()],
-                    ["model"] + [c.replace("_at_", "@") for c in columns], title=f"{split} split"))
+                    ["model"] + [_header(c) for c in columns], title=f"{split} split"))
+    if "train" not in metrics:  # evaluated afresh: no training record
+        return
     t, e = metrics["train"], metrics["early_stopping"]
+    kept = (f"best epoch {e['best_epoch']} by val {e['metric']}" if metrics.get("val")
+            else "no validation split: the last epoch is kept")
     print(f"\ntrained {e['epochs']} epochs ({t['steps']:,} steps, {t['seconds']:.1f} s, "
-          f"{t['samples_per_s']:,.0f} samples/s); best epoch {e['best_epoch']} by val {e['metric']}"
-          + (", stopped early" if e["stopped_early"] else ""))
+          f"{t['samples_per_s']:,.0f} samples/s); {kept}" + (", stopped early" if e["stopped_early"] else ""))
     print(f"run folder: {out}   MLflow run: {metrics['mlflow']['run_id']} ({metrics['mlflow']['tracking_uri']})")
 
 
@@ -91,4 +102,6 @@ def log_results(tracker: Any, metrics: dict[str, Any], history: list[dict[str, A
     tracker.log_artifact(out / "metrics.json")
     if config.tracking.log_checkpoints:
         tracker.log_artifacts(out / "checkpoints", "checkpoints")
-    tracker.log_model(trained.folder, register_as=config.tracking.register_as)
+    from recfunnel.train.pyfunc import example_request
+
+    tracker.log_model(trained.folder, register_as=config.tracking.register_as, input_example=example_request(trained))
