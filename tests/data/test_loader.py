@@ -243,6 +243,12 @@ def test_loaders_leave_no_shared_memory_or_descriptors(tiny):
     def held() -> tuple[int, int]:
         return len(os.listdir("/dev/shm")), len(os.listdir("/proc/self/fd"))
 
+    # a first DataLoader with workers opens what torch keeps for the process (shared-memory
+    # handles, a pipe): count from after it, so the check is on what each loader leaves.
+    # (Streaming also attaches to other live jobs' segments: run this with no other job about.)
+    with StreamingBatchLoader(tiny, "train", batch_size=500, num_workers=2) as loader:
+        epoch_ids(loader)
+    gc.collect()
     before = held()
     for workers in (0, 2):
         with StreamingBatchLoader(tiny, "train", batch_size=500, num_workers=workers) as loader:
