@@ -5,7 +5,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 VENV := .venv/bin
 DEMO_DIR ?= .demo
 
-.PHONY: setup demo test test-quick bench lock clean
+.PHONY: setup demo test test-quick bench lock clean mlflow-ui
 
 setup:
 	@VARIANT=$(or $(VARIANT),cpu) scripts/setup.sh
@@ -15,7 +15,7 @@ demo: setup
 	$(VENV)/recfunnel inspect $(DEMO_DIR)/ml-100k
 	$(VENV)/recfunnel train --model two-tower --data $(DEMO_DIR)/ml-100k --out $(DEMO_DIR)/runs/two-tower --overwrite
 	$(VENV)/recfunnel train --model dlrm --data $(DEMO_DIR)/ml-100k --out $(DEMO_DIR)/runs/dlrm --overwrite
-	@echo "MLflow: $(VENV)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)  (then open http://127.0.0.1:5000)"
+	@echo "runs are in MLflow ($(MLFLOW_TRACKING_URI)): make mlflow-ui, then open http://127.0.0.1:5000"
 
 test: setup
 	$(VENV)/python -m pytest -q
@@ -28,6 +28,9 @@ bench: setup
 	$(VENV)/recfunnel bench data $(DEMO_DIR)/bench-synthetic
 	$(VENV)/recfunnel bench train
 	$(VENV)/recfunnel bench quality --work $(DEMO_DIR)/bench-quality
+
+mlflow-ui: setup
+	$(VENV)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
 
 lock:
 	scripts/lock.sh

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from recfunnel.report import table
+from recfunnel.train.summary import metric_header
 
 __all__ = ["bench_quality", "print_quality", "PROTOCOLS"]
 
@@ -71,5 +72,5 @@ def print_quality(result: dict[str, Any]) -> None:
         rows += [[name.replace("_", "-")] + [m.get(c) for c in cols] for name, m in r["baselines"].items()]
         if r["bayes_auc"] is not None:
             rows.append(["bayes-optimal"] + [r["bayes_auc"]] + [None] * (len(cols) - 1))
-        print(table(rows, ["model"] + [c.replace("_at_", "@") for c in cols],
+        print(table(rows, ["model"] + [metric_header(c) for c in cols],
                     title=f"\n{protocol}: {model} trained in {r['seconds']:.0f} s wall ({r['epochs']} epochs), test split"))

@@ -147,7 +147,7 @@ def print_bench(result: dict[str, Any]) -> None:
                 title=f"DLRM training, Criteo Kaggle shape, batch {result['batch_size']:,}, "
                       f"{result['rows_per_table']:,} rows/table, ids "
                       + (f"Zipf {result['zipf']:g}" if result["zipf"] else "uniform")
-                      + f", {result['threads']} threads, "
+                      + f", {result['threads']} thread{'s' if result['threads'] > 1 else ''}, "
                       f"median of {result['repeats']}"))
     print(f"recfunnel / plain PyTorch = {result['vs_plain']:.2f}x, recfunnel / roofline = "
           f"{result['vs_roofline']:.0%}")

@@ -10,7 +10,7 @@ import numpy as np
 from recfunnel.config import RunConfig
 from recfunnel.report import table
 
-__all__ = ["log_results", "print_summary", "comparison_rows"]
+__all__ = ["log_results", "print_summary", "comparison_rows", "metric_header"]
 
 RANKING_COLUMNS = ("auc", "log_loss", "calibration")
 
@@ -27,7 +27,7 @@ def _retrieval_columns(metrics: dict[str, Any]) -> list[str]:
     return ordered
 
 
-def _header(column: str) -> str:
+def metric_header(column: str) -> str:
     return column.replace("_at_", "@").replace("accuracy", "acc").replace("_no_exclusion", " no-excl")
 
 
@@ -50,7 +50,7 @@ def print_summary(metrics: dict[str, Any], out: Path) -> None:
             continue
         print()
         print(table([[name] + [m.get(c) for c in columns] for name, m in rows.items()],
-                    ["model"] + [_header(c) for c in columns], title=f"{split} split"))
+                    ["model"] + [metric_header(c) for c in columns], title=f"{split} split"))
     if "train" not in metrics:  # evaluated afresh: no training record
         return
     t, e = metrics["train"], metrics["early_stopping"]

@@ -135,7 +135,8 @@ class Tracker:
             return cls(enabled=False)
         from mlflow import MlflowClient
 
-        for name in ("alembic", "mlflow.store.db.utils"):  # a new sqlite store's migrations: a dozen INFO lines
+        # a new sqlite store's migrations (a dozen INFO lines) and the input-example check of log_model
+        for name in ("alembic", "mlflow.store.db.utils", "mlflow.pyfunc", "mlflow.models"):
             logging.getLogger(name).setLevel(logging.WARNING)
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
