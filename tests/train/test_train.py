@@ -185,3 +185,18 @@ def test_evaluate_on_data_recomputes_and_refuses_a_mismatched_dataset(cli, dlrm_
                "--interactions", "2", "--cardinality", "50", "--out", other, "--quiet")[0] == 0
     code, out, err = cli("evaluate", "--run", dlrm_run, "--data", other)
     assert code == 2 and "has cardinality 50" in err and "the model's table has" in err, err
+
+
+@pytest.mark.slow
+def test_two_tower_beats_most_popular_clearly_on_movielens(cli, tmp_path):
+    """The TensorFlow Recommenders protocol; the full default run's figures are in `bench quality`."""
+    data, run = tmp_path / "ml", tmp_path / "run"
+    assert cli("prepare", "movielens", "--variant", "ml-100k", "--label", "all", "--val-fraction", "0",
+               "--test-fraction", "0.2", "--out", data, "--quiet")[0] == 0
+    code, out, err = cli("train", "--model", "two-tower", "--data", data, "--out", run, "--quiet",
+                         "--set", "train.epochs=3")
+    assert code == 0, err
+    metrics = json.loads((run / "metrics.json").read_text())
+    popular = metrics["baselines"]["most_popular"]["test"]["accuracy_at_100"]
+    assert metrics["test"]["accuracy_at_100"] > popular + 0.1
+    assert metrics["test"]["accuracy_at_100_no_exclusion"] > metrics["test"]["accuracy_at_10_no_exclusion"]

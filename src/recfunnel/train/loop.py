@@ -124,8 +124,9 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Any, conf
                 bar.set_postfix(loss=f"{running:.4f}", samples_per_s=f"{epoch_rows / max(elapsed, 1e-9):,.0f}")
                 bar.update()
                 if step % cfg.log_every == 0:
-                    point = {"train_loss": loss.item(), **{f"train_{k}_loss": v.item() for k, v in losses.items()
-                                                           if k != "loss"}}
+                    # the smoothed loss: single-step losses of small batches are mostly noise
+                    point = {"train_loss": running, **{f"train_{k}_loss": v.item() for k, v in losses.items()
+                                                       if k != "loss"}}
                     history.append({"step": step, "epoch": epoch - 1 + bar.n / max(1, len(loader)), **point})
                     log(point, step)
                 if cfg.max_steps and step >= cfg.max_steps:

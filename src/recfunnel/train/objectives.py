@@ -151,7 +151,7 @@ class RetrievalObjective:
                             exclude_users=ex_users, exclude_items=ex_items, ks=tuple(self.config.eval.ks))
         if no_exclusion:
             out.update(tfrs_accuracy(score_users, users, items, n_items, tuple(self.config.eval.ks)))
-        return {k: float(v) for k, v in out.items()}
+        return {k: float(v) for k, v in out.items() if k not in ("users", "pairs")}  # counts, not metrics
 
     def evaluate(self, model: nn.Module, split: str, device: torch.device, no_exclusion: bool = False
                  ) -> dict[str, float]:

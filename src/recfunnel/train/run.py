@@ -143,7 +143,8 @@ def _finish(config, manifest, data, out, objective, result, world, tracker, metr
         if config.is_retrieval:
             baselines = retrieval_baselines(objective, splits, config.eval.ease_l2, no_exclusion=True)
         else:
-            baselines = ranking_baselines(data, manifest, splits)
+            multi = len(config.model.heads) > 1
+            baselines = ranking_baselines(data, manifest, splits, f"{manifest.labels[0].name}_" if multi else "")
     metrics = {
         "model": config.model_kind, "data": data, **evaluated, "baselines": baselines,
         "early_stopping": {"metric": metric, "best_epoch": result.best_epoch, "epochs": result.epochs,

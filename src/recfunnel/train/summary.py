@@ -12,7 +12,12 @@ from recfunnel.report import table
 
 __all__ = ["log_results", "print_summary", "comparison_rows", "metric_header"]
 
-RANKING_COLUMNS = ("auc", "log_loss", "calibration")
+RANKING_COLUMNS = ("auc", "log_loss", "calibration", "rmse", "mae", "accuracy")  # per head, label_ prefixed if several
+
+
+def _ranking_columns(metrics: dict[str, Any]) -> list[str]:
+    test = metrics.get("test") or metrics.get("val") or {}
+    return [k for k in test if k.endswith(RANKING_COLUMNS)]
 
 
 def _retrieval_columns(metrics: dict[str, Any]) -> list[str]:
@@ -42,8 +47,7 @@ def comparison_rows(metrics: dict[str, Any], split: str) -> dict[str, dict[str, 
 
 def print_summary(metrics: dict[str, Any], out: Path) -> None:
     retrieval = metrics["model"] == "two-tower"
-    columns = _retrieval_columns(metrics) if retrieval else [
-        c for c in RANKING_COLUMNS if c in metrics.get("test", metrics.get("val", {}))]
+    columns = _retrieval_columns(metrics) if retrieval else _ranking_columns(metrics)
     for split in ("val", "test"):
         rows = comparison_rows(metrics, split)
         if not rows[metrics["model"]]:
@@ -82,7 +86,10 @@ def log_results(tracker: Any, metrics: dict[str, Any], history: list[dict[str, A
     from recfunnel.train import plots
 
     tracker.log_metrics(_flat_metrics(metrics))
-    figures = {"training_curves": plots.training_curves(history)}
+    shown = set(_retrieval_columns(metrics) if config.is_retrieval else _ranking_columns(metrics)) | {"loss"}
+    curves = [{k: v for k, v in point.items() if point.get("split") != "val" or k in shown or k in ("epoch", "split")}
+              for point in history]
+    figures = {"training_curves": plots.training_curves(curves)}
     if config.is_retrieval:
         columns = [c for c in _retrieval_columns(metrics) if c.startswith(("recall_at", "ndcg_at"))]
         figures["comparison"] = plots.metric_comparison(comparison_rows(metrics, "test"), columns)
