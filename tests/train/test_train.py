@@ -200,3 +200,29 @@ def test_two_tower_beats_most_popular_clearly_on_movielens(cli, tmp_path):
     popular = metrics["baselines"]["most_popular"]["test"]["accuracy_at_100"]
     assert metrics["test"]["accuracy_at_100"] > popular + 0.1
     assert metrics["test"]["accuracy_at_100_no_exclusion"] > metrics["test"]["accuracy_at_10_no_exclusion"]
+
+
+def test_saved_model_reproduces_the_validation_score_that_chose_it(dlrm_run, two_tower_run):
+    for run, metric in ((dlrm_run, "auc"), (two_tower_run, "recall_at_100")):
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["early_stopping"]["metric"] == metric
+        assert metrics["val"][metric] == pytest.approx(metrics["early_stopping"]["best_value"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_two_process_run_saves_a_model_equal_to_its_sharded_self(datasets, tmp_path):
+    """Under torchrun the tables are sharded over both ranks, which hand back pooled features
+    grouped by rank; the unsharded model must still score exactly as the sharded one did."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "recfunnel.cli", "train", "--model", "dlrm", "--data", str(datasets / "ctr"), "--out", str(run),
+           "--quiet", *FAST]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train"]["world_size"] == 2
+    assert metrics["val"]["auc"] == pytest.approx(metrics["early_stopping"]["best_value"], abs=1e-5)
+    assert "auc" in metrics["baselines"]["logistic_regression"]["test"]

@@ -14,12 +14,16 @@ __all__ = ["read_split"]
 
 
 def read_split(folder: str | Path, split: str) -> tuple[Manifest, Rows]:
-    """Every row of ``split`` in shard order, decoded from its MDS blocks (all in memory)."""
+    """Every row of ``split`` in shard order, decoded from its MDS blocks (all in memory).
+
+    Under a process group every rank must call this (opening a StreamingDataset is collective);
+    each gets all rows, not its rank's share.
+    """
     streaming = import_streaming()
     manifest = load_manifest(folder)
     dataset = streaming.StreamingDataset(local=str(Path(folder) / split), remote=None, shuffle=False, batch_size=1)
     try:
-        blocks = [decode_block(dataset[i], manifest, where=split) for i in range(len(dataset))]
+        blocks = [decode_block(dataset[i], manifest, where=split) for i in range(dataset.num_samples)]
     finally:
         release_shared_memory(dataset)  # before another dataset opens the same folder
     return manifest, Rows.concat(blocks)

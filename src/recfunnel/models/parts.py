@@ -49,10 +49,19 @@ class SparseArch(nn.Module):
         self.embedding_bag_collection = EmbeddingBagCollection(tables=tables, device=device)
         self.feature_names = [name for t in tables for name in t.feature_names]
         self.dim = tables[0].embedding_dim
+        self._order: tuple[list[str], torch.Tensor] | None = None  # (keys as returned, permutation)
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
         pooled = self.embedding_bag_collection(features)
-        return pooled.values().view(-1, len(self.feature_names), self.dim)
+        stacked = pooled.values().view(-1, len(self.feature_names), self.dim)
+        keys = pooled.keys()
+        if keys == self.feature_names:
+            return stacked
+        # sharded across ranks, the collection returns features grouped by shard: put them back
+        # in the model's order, or a model trained sharded would not match itself unsharded
+        if self._order is None or self._order[0] != keys:
+            self._order = (keys, torch.tensor([keys.index(n) for n in self.feature_names], device=stacked.device))
+        return stacked.index_select(1, self._order[1])
 
 
 class DenseArch(nn.Module):

@@ -68,10 +68,6 @@ class Trained:
     folder: Path
 
     @property
-    def model_device(self):
-        return torch.device("cpu")
-
-    @property
     def kind(self) -> str:
         return self.config.model_kind
 

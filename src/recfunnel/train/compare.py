@@ -41,12 +41,17 @@ def retrieval_baselines(objective: Any, splits: list[str], l2: float, no_exclusi
     return out
 
 
-def ranking_baselines(data: str | Path, manifest: Manifest, splits: list[str], prefix: str = ""
-                      ) -> dict[str, dict[str, Any]]:
+def ranking_baselines(data: str | Path, manifest: Manifest, splits: list[str], prefix: str = "",
+                      fit: bool = True) -> dict[str, dict[str, Any]]:
     """{"logistic_regression": {split: metrics}} on one-hot sparse + dense features, for the
-    dataset's first label; metric names get ``prefix`` (a multi-head model's are per label)."""
+    dataset's first label; metric names get ``prefix`` (a multi-head model's are per label).
+
+    Every rank must call this (opening a StreamingDataset is collective); only ``fit`` ranks fit.
+    """
     _, train = read_split(data, "train")
     evaluated = {split: read_split(data, split)[1] for split in splits}
+    if not fit:
+        return {}
     result = logistic_regression(train, evaluated, manifest)
     return {"logistic_regression": {split: ({f"{prefix}{k}": v for k, v in m.items()} if split in splits else m)
                                     for split, m in result.items()}}

@@ -41,6 +41,7 @@ class RankingObjective:
         self.task = RankingTask(config.model.heads, manifest)
         self.config = config
         self.data = str(data)
+        self.predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # the last, by split
 
     def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         return self.task.losses(model(batch.dense, batch.sparse), batch.labels, batch.weights)
@@ -59,6 +60,7 @@ class RankingObjective:
 
     def evaluate(self, model: nn.Module, split: str, device: torch.device) -> dict[str, float]:
         logits, labels, weights = self.predict(model, split, device)
+        self.predictions[split] = (logits, labels, weights)
         keep = weights > 0
         logits, labels, weights = logits[keep], labels[keep], weights[keep]
         out: dict[str, float] = {}

@@ -121,8 +121,8 @@ def train(model_kind: str, data: str | Path, out: str | Path, config_file: str |
 
 def _finish(config, manifest, data, out, objective, result, world, tracker, metric, quiet) -> dict[str, Any]:
     """Best weights -> model folder; test metrics and baselines; metrics.json, MLflow, summary."""
-    best = torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
-    if world.is_main:
+    if world.is_main:  # only rank 0 wrote the checkpoint
+        best = torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
         save_model(out / MODEL_DIR, config, manifest, best["state_dict"], data)
     torch.distributed.barrier()
     trained = load_trained(out / MODEL_DIR)
@@ -137,18 +137,21 @@ def _finish(config, manifest, data, out, objective, result, world, tracker, metr
             evaluated[split] = objective.evaluate(trained.model, split, torch.device("cpu"))
     eval_seconds = time.perf_counter() - start
     baselines: dict[str, Any] = {}
-    if config.eval.baselines and world.is_main:
+    if config.eval.baselines:
         from recfunnel.train.compare import ranking_baselines, retrieval_baselines
 
         if config.is_retrieval:
-            baselines = retrieval_baselines(objective, splits, config.eval.ease_l2, no_exclusion=True)
+            if world.is_main:
+                baselines = retrieval_baselines(objective, splits, config.eval.ease_l2, no_exclusion=True)
         else:
             multi = len(config.model.heads) > 1
-            baselines = ranking_baselines(data, manifest, splits, f"{manifest.labels[0].name}_" if multi else "")
+            baselines = ranking_baselines(data, manifest, splits, f"{manifest.labels[0].name}_" if multi else "",
+                                          fit=world.is_main)
     metrics = {
         "model": config.model_kind, "data": data, **evaluated, "baselines": baselines,
         "early_stopping": {"metric": metric, "best_epoch": result.best_epoch, "epochs": result.epochs,
-                           "stopped_early": result.stopped_early},
+                           "stopped_early": result.stopped_early,
+                           "best_value": result.best.get(metric)},  # as measured on the sharded model
         "train": {"steps": result.steps, "seconds": round(result.seconds, 2),
                   "samples_per_s": round(result.samples_per_s, 1), "world_size": world.world_size,
                   "eval_seconds": round(eval_seconds, 2)},

@@ -96,7 +96,7 @@ def log_results(tracker: Any, metrics: dict[str, Any], history: list[dict[str, A
     elif "test" in metrics and config.model.heads[0].kind == "binary":
         from recfunnel.metrics.ranking import calibration_bins
 
-        logits, labels, weights = objective.predict(trained.model, "test", trained.model_device)
+        logits, labels, weights = objective.predictions["test"]  # the final test pass's, all ranks gathered
         keep = weights > 0
         column = objective.task.columns[0]
         probs = 1 / (1 + np.exp(-logits[keep, 0]))
