@@ -81,6 +81,16 @@ def _cmd_bench_data(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from recfunnel.train.run import train
 
+    if args.launcher == "torchrun":
+        from recfunnel.config import load_config
+        from recfunnel.train.launch import run_torchrun
+        from recfunnel.train.run import check_compatible
+
+        if args.nproc < 1:
+            raise RecfunnelError(f"--nproc: expected an integer >= 1, got {args.nproc}")
+        # a user mistake fails here once, not once per process
+        check_compatible(load_config(args.model, args.config, args.set), args.data)
+        return run_torchrun(args.argv, args.nproc)
     train(args.model, args.data, args.out, args.config, args.set, overwrite=args.overwrite, quiet=args.quiet)
     return 0
 
@@ -139,6 +149,10 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
                    help="override one field, e.g. --set train.batch_size=4096 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="reuse a RUN_DIR that holds a finished run")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    p.add_argument("--launcher", choices=["none", "torchrun"], default="none",
+                   help="torchrun: run on --nproc processes of this machine (gloo on CPU, nccl on GPUs); "
+                   "the command also runs as is under your own torchrun")
+    p.add_argument("--nproc", type=int, default=2, help="processes for --launcher torchrun (default 2)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="a run's validation and test metrics beside its baselines")
@@ -228,6 +242,7 @@ def run(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the subcommand; user mistakes raise :class:`RecfunnelError`."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
+    args.argv = list(argv)  # for launchers that re-run the command
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
 

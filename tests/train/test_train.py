@@ -217,12 +217,18 @@ def test_two_process_run_saves_a_model_equal_to_its_sharded_self(datasets, tmp_p
     import sys
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "recfunnel.cli", "train", "--model", "dlrm", "--data", str(datasets / "ctr"), "--out", str(run),
-           "--quiet", *FAST]
+    cmd = [sys.executable, "-m", "recfunnel.cli", "train", "--model", "dlrm", "--data", str(datasets / "ctr"),
+           "--out", str(run), "--quiet", *FAST, "--launcher", "torchrun", "--nproc", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train"]["world_size"] == 2
     assert metrics["val"]["auc"] == pytest.approx(metrics["early_stopping"]["best_value"], abs=1e-5)
     assert "auc" in metrics["baselines"]["logistic_regression"]["test"]
+
+
+def test_launcher_options_are_dropped_from_the_command_each_process_runs():
+    from recfunnel.train.launch import without_launcher
+
+    argv = ["train", "--model", "dlrm", "--launcher", "torchrun", "--nproc=4", "--set", "train.epochs=1"]
+    assert without_launcher(argv) == ["train", "--model", "dlrm", "--set", "train.epochs=1"]

@@ -82,6 +82,21 @@ def _early_stopping_metric(config: RunConfig) -> str:
     return metric
 
 
+def _report_plan(plan: Any, config: RunConfig, out: Path, tracker: Any, world: Any, quiet: bool) -> None:
+    """Print the applied sharding plan (rank 0) and keep it in the run folder and MLflow."""
+    if not world.is_main:
+        return
+    from recfunnel.train.plan import plan_table
+
+    opt = config.train.embedding_optimizer.name
+    text = plan_table(plan, optimizer_floats_per_row={"rowwise_adagrad": 1, "adagrad": config.model.embedding_dim,
+                                                      "adam": 2 * config.model.embedding_dim}.get(opt, 0))
+    (out / "sharding_plan.txt").write_text(text + "\n")
+    tracker.log_artifact(out / "sharding_plan.txt")
+    if not quiet:
+        print(text)
+
+
 def train(model_kind: str, data: str | Path, out: str | Path, config_file: str | Path | None = None,
           overrides: list[str] = (), *, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train ``model_kind`` on the prepared dataset ``data``; write the run folder ``out``.
@@ -110,7 +125,9 @@ def train(model_kind: str, data: str | Path, out: str | Path, config_file: str |
                           "recfunnel.manifest_sha256": file_sha256(Path(data) / "manifest.json"),
                           "recfunnel.world_size": str(world.world_size), **package_versions()})
         model = build_model(config, manifest, device="meta")
-        dmp, optimizer, plan = wrap(model, world, config.train.embedding_optimizer, config.train.dense_optimizer)
+        dmp, optimizer, plan = wrap(model, world, config.train.embedding_optimizer, config.train.dense_optimizer,
+                                    batch_size=config.train.batch_size)
+        _report_plan(plan, config, out, tracker, world, quiet)
         objective = _objective(config, manifest, data, dmp)
         has_val = "val" in manifest.splits and manifest.splits["val"].rows > 0
         result = fit(dmp, optimizer, objective, config, data, world, out / "checkpoints", metric, has_val=has_val,
