@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch.distributed as dist
+
 from recfunnel.data.block_stream import release_shared_memory
 from recfunnel.data.rows import Rows
 from recfunnel.data.schema import Manifest, load_manifest
@@ -11,6 +13,11 @@ from recfunnel.data.shards import decode_block
 from recfunnel.data.streaming_compat import import_streaming
 
 __all__ = ["read_split"]
+
+
+def _sync() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def read_split(folder: str | Path, split: str) -> tuple[Manifest, Rows]:
@@ -25,5 +32,9 @@ def read_split(folder: str | Path, split: str) -> tuple[Manifest, Rows]:
     try:
         blocks = [decode_block(dataset[i], manifest, where=split) for i in range(dataset.num_samples)]
     finally:
-        release_shared_memory(dataset)  # before another dataset opens the same folder
+        # all ranks attached to the leader's shared memory before it is freed, and all freed it
+        # before any opens the next dataset (streaming picks prefixes by what exists)
+        _sync()
+        release_shared_memory(dataset)
+        _sync()
     return manifest, Rows.concat(blocks)

@@ -213,6 +213,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Any, conf
                 break
     finally:
         loader.close()
+    if world.world_size > 1:
+        dist.barrier()  # all ranks closed the loader before any opens another dataset
     p = loop.progress
     return FitResult(p.best, p.best_epoch, epoch, p.step, p.seconds, p.rows / max(p.seconds, 1e-9), p.history,
                      stopped_early)

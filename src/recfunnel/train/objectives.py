@@ -20,7 +20,7 @@ from recfunnel.metrics.ranking import accuracy, binary_metrics, regression_metri
 from recfunnel.metrics.retrieval import evaluate_topk, tfrs_accuracy
 from recfunnel.train.tasks import RankingTask, RetrievalTask
 
-__all__ = ["RankingObjective", "RetrievalObjective", "gather"]
+__all__ = ["RankingObjective", "RetrievalObjective", "gather", "sync"]
 
 
 def gather(array: np.ndarray) -> np.ndarray:
@@ -30,6 +30,12 @@ def gather(array: np.ndarray) -> np.ndarray:
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, array)
     return np.concatenate(parts)
+
+
+def sync() -> None:
+    """Wait for every rank (no-op alone)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -56,7 +62,11 @@ class RankingObjective:
                 logits.append(model(batch.dense, batch.sparse).float().cpu().numpy())
                 labels.append(batch.labels.cpu().numpy())
                 weights.append(batch.weights.cpu().numpy())
-        return gather(np.concatenate(logits)), gather(np.concatenate(labels)), gather(np.concatenate(weights))
+            # gathered before the loader closes: a rank that frees its shared memory early could
+            # pull it from under a rank still opening it
+            out = gather(np.concatenate(logits)), gather(np.concatenate(labels)), gather(np.concatenate(weights))
+        sync()  # and every rank has closed it before any opens the next one
+        return out
 
     def evaluate(self, model: nn.Module, split: str, device: torch.device) -> dict[str, float]:
         logits, labels, weights = self.predict(model, split, device)

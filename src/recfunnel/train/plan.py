@@ -21,21 +21,21 @@ def _bytes(n: int) -> str:
     return str(n)
 
 
-def plan_rows(plan: ShardingPlan, optimizer_floats_per_row: float = 1.0) -> list[list[Any]]:
-    """One row per table: rows, dim, sharding type, compute kernel, ranks, and memory of the
-    weights plus optimizer state (``optimizer_floats_per_row`` floats per row, 1 for row-wise
-    Adagrad; ``dim`` for full Adagrad)."""
+def plan_rows(plan: ShardingPlan, tables: dict[str, tuple[int, int]],
+              optimizer_floats_per_row: float = 1.0) -> list[list[Any]]:
+    """One row per table: rows, dim (from ``tables``: name -> (rows, dim)), sharding type, compute
+    kernel, ranks, and memory of the weights plus optimizer state (``optimizer_floats_per_row``
+    floats per row: 1 for row-wise Adagrad, ``dim`` for full Adagrad), all copies together."""
     out = []
     for module_plan in plan.plan.values():
         for name, p in module_plan.items():
-            shards = p.sharding_spec.shards if p.sharding_spec is not None else []
-            rows = max((s.shard_offsets[0] + s.shard_sizes[0] for s in shards), default=0)
-            dim = max((s.shard_offsets[1] + s.shard_sizes[1] for s in shards), default=0)
-            memory = 4 * rows * (dim + optimizer_floats_per_row)
+            rows, dim = tables.get(name, (0, 0))
+            copies = len(p.ranks or [0]) if p.sharding_type == "data_parallel" else 1
+            memory = 4 * rows * (dim + optimizer_floats_per_row) * copies
             out.append([name, rows, dim, p.sharding_type, p.compute_kernel, ",".join(map(str, p.ranks or [])),
                         _bytes(int(memory))])
     return out
 
 
-def plan_table(plan: ShardingPlan, optimizer_floats_per_row: float = 1.0) -> str:
-    return table(plan_rows(plan, optimizer_floats_per_row), HEADERS, title="sharding plan")
+def plan_table(plan: ShardingPlan, tables: dict[str, tuple[int, int]], optimizer_floats_per_row: float = 1.0) -> str:
+    return table(plan_rows(plan, tables, optimizer_floats_per_row), HEADERS, title="sharding plan")

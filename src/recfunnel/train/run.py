@@ -23,7 +23,7 @@ from recfunnel.config import RunConfig, load_config
 from recfunnel.data.schema import load_manifest
 from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.train.artifacts import MODEL_DIR, build_model, load_trained, save_model
-from recfunnel.train.distributed import init_world, wrap
+from recfunnel.train.distributed import embedding_collections, init_world, wrap
 from recfunnel.train.loop import TrainingError, fit
 from recfunnel.train.summary import log_results, print_summary
 
@@ -82,14 +82,14 @@ def _early_stopping_metric(config: RunConfig) -> str:
     return metric
 
 
-def _report_plan(plan: Any, config: RunConfig, out: Path, tracker: Any, world: Any, quiet: bool) -> None:
+def _report_plan(plan: Any, tables: dict[str, tuple[int, int]], config: RunConfig, out: Path, tracker: Any, world: Any, quiet: bool) -> None:
     """Print the applied sharding plan (rank 0) and keep it in the run folder and MLflow."""
     if not world.is_main:
         return
     from recfunnel.train.plan import plan_table
 
     opt = config.train.embedding_optimizer.name
-    text = plan_table(plan, optimizer_floats_per_row={"rowwise_adagrad": 1, "adagrad": config.model.embedding_dim,
+    text = plan_table(plan, tables, optimizer_floats_per_row={"rowwise_adagrad": 1, "adagrad": config.model.embedding_dim,
                                                       "adam": 2 * config.model.embedding_dim}.get(opt, 0))
     (out / "sharding_plan.txt").write_text(text + "\n")
     tracker.log_artifact(out / "sharding_plan.txt")
@@ -125,9 +125,11 @@ def train(model_kind: str, data: str | Path, out: str | Path, config_file: str |
                           "recfunnel.manifest_sha256": file_sha256(Path(data) / "manifest.json"),
                           "recfunnel.world_size": str(world.world_size), **package_versions()})
         model = build_model(config, manifest, device="meta")
+        tables = {c.name: (c.num_embeddings, c.embedding_dim) for ebc in embedding_collections(model)
+                  for c in ebc.embedding_bag_configs()}
         dmp, optimizer, plan = wrap(model, world, config.train.embedding_optimizer, config.train.dense_optimizer,
                                     batch_size=config.train.batch_size)
-        _report_plan(plan, config, out, tracker, world, quiet)
+        _report_plan(plan, tables, config, out, tracker, world, quiet)
         objective = _objective(config, manifest, data, dmp)
         has_val = "val" in manifest.splits and manifest.splits["val"].rows > 0
         result = fit(dmp, optimizer, objective, config, data, world, out / "checkpoints", metric, has_val=has_val,
