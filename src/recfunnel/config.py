@@ -24,7 +24,7 @@ from recfunnel.errors import ConfigError
 
 __all__ = [
     "MODELS", "HeadConfig", "ModelConfig", "RetrievalConfig", "OptimizerConfig", "TrainConfig",
-    "EvalConfig", "TrackingConfig", "RunConfig", "load_config", "config_from_dict", "flatten",
+    "EvalConfig", "TrackingConfig", "TableSharding", "ShardingConfig", "RunConfig", "load_config", "config_from_dict", "flatten",
 ]
 
 MODELS = ("two-tower", "dlrm", "dcnv2", "deepfm")
@@ -169,6 +169,39 @@ class EvalConfig:
         _check(self.batch_size >= 1, "eval.batch_size", "an integer >= 1", self.batch_size)
 
 
+SHARDING_TYPES = ("auto", "table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel")
+COMPUTE_KERNELS = ("auto", "fused", "dense")
+
+
+@dataclass
+class TableSharding:
+    """How one embedding table is split over the processes (``table: "*"``: every table not named)."""
+
+    table: str
+    type: str = "auto"  # auto (the planner decides) | table_wise | row_wise | column_wise | ...
+    kernel: str = "auto"  # auto | fused (optimizer fused into the lookup kernel) | dense
+
+    def validate(self, at: str) -> None:
+        _check(self.type in SHARDING_TYPES, f"{at}.type", f"one of {SHARDING_TYPES}", self.type)
+        _check(self.kernel in COMPUTE_KERNELS, f"{at}.kernel", f"one of {COMPUTE_KERNELS}", self.kernel)
+
+
+@dataclass
+class ShardingConfig:
+    """Empty: TorchRec's planner chooses every table's sharding. Otherwise each listed table gets
+    its type and kernel and unlisted ones are spread table-wise over the ranks."""
+
+    tables: list[TableSharding] = field(default_factory=list)
+
+    def validate(self) -> None:
+        for i, t in enumerate(self.tables):
+            t.validate(f"sharding.tables[{i}]")
+
+    @property
+    def forced(self) -> bool:
+        return any(t.type != "auto" or t.kernel != "auto" for t in self.tables)
+
+
 @dataclass
 class TrackingConfig:
     experiment: str = "recfunnel"
@@ -185,9 +218,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
 
     def __post_init__(self) -> None:
         _check(self.model_kind in MODELS, "model_kind", f"one of {MODELS}", self.model_kind)
+        self.sharding.validate()
         self.model.validate()
         self.retrieval.validate()
         self.train.validate()

@@ -103,6 +103,9 @@ def test_evaluate_json_is_one_object_with_test_and_baselines(cli, dlrm_run):
     metrics = json.loads(out)
     assert 0.5 < metrics["test"]["auc"] <= 1
     assert "auc" in metrics["baselines"]["logistic_regression"]["test"]
+    plan = (run / "sharding_plan.txt").read_text()
+    if sharding:
+        assert " row_wise " in plan and " column_wise " in plan
     code, out, _ = cli("evaluate", "--run", dlrm_run)
     assert "logistic-regression" in out and "test split" in out
 
@@ -210,7 +213,8 @@ def test_saved_model_reproduces_the_validation_score_that_chose_it(dlrm_run, two
 
 
 @pytest.mark.slow
-def test_two_process_run_saves_a_model_equal_to_its_sharded_self(datasets, tmp_path):
+@pytest.mark.parametrize("sharding", [None, "[{table: cat_3, type: row_wise}, {table: cat_1, type: column_wise}]"])
+def test_two_process_run_saves_a_model_equal_to_its_sharded_self(datasets, tmp_path, sharding):
     """Under torchrun the tables are sharded over both ranks, which hand back pooled features
     grouped by rank; the unsharded model must still score exactly as the sharded one did."""
     import subprocess
@@ -219,12 +223,17 @@ def test_two_process_run_saves_a_model_equal_to_its_sharded_self(datasets, tmp_p
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "recfunnel.cli", "train", "--model", "dlrm", "--data", str(datasets / "ctr"),
            "--out", str(run), "--quiet", *FAST, "--launcher", "torchrun", "--nproc", "2"]
+    if sharding:
+        cmd += ["--set", f"sharding.tables={sharding}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train"]["world_size"] == 2
     assert metrics["val"]["auc"] == pytest.approx(metrics["early_stopping"]["best_value"], abs=1e-5)
     assert "auc" in metrics["baselines"]["logistic_regression"]["test"]
+    plan = (run / "sharding_plan.txt").read_text()
+    if sharding:
+        assert " row_wise " in plan and " column_wise " in plan
 
 
 def test_launcher_options_are_dropped_from_the_command_each_process_runs():

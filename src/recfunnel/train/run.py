@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,14 @@ def train(model_kind: str, data: str | Path, out: str | Path, config_file: str |
         model = build_model(config, manifest, device="meta")
         tables = {c.name: (c.num_embeddings, c.embedding_dim) for ebc in embedding_collections(model)
                   for c in ebc.embedding_bag_configs()}
+        plan = None
+        if config.sharding.forced:
+            from recfunnel.train.plan import forced_plan
+
+            plan = forced_plan(model, config.sharding, world.world_size,
+                               int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size)), world.device.type)
         dmp, optimizer, plan = wrap(model, world, config.train.embedding_optimizer, config.train.dense_optimizer,
-                                    batch_size=config.train.batch_size)
+                                    plan=plan, batch_size=config.train.batch_size)
         _report_plan(plan, tables, config, out, tracker, world, quiet)
         objective = _objective(config, manifest, data, dmp)
         has_val = "val" in manifest.splits and manifest.splits["val"].rows > 0
