@@ -116,7 +116,8 @@ def train(model_kind: str, data: str | Path, out: str | Path, config_file: str |
     world = init_world()
     torch.manual_seed(config.train.seed)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if world.is_main:
+        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     from recfunnel.train.tracking import Tracker, file_sha256, package_versions
 
     tracker = Tracker.start(config.tracking, run_dir=out, enabled=world.is_main, quiet=quiet)
