@@ -9,7 +9,7 @@ indices (multi-hot ones as lists) and dense columns already transformed, as in t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ class Catalog:
     dense: dict[str, np.ndarray]  # dense feature -> float32 (n,)
     frame: pd.DataFrame  # the file as read (titles and such, for people)
     cardinality: int  # of the id feature: indices are < cardinality
+    _lookup: np.ndarray | None = field(default=None, repr=False)  # index -> row position
 
     @classmethod
     def load(cls, folder: str | Path, manifest: Manifest, role: str) -> "Catalog":
@@ -69,9 +70,10 @@ class Catalog:
 
     def positions_of(self, index: np.ndarray) -> np.ndarray:
         """Row positions of id-feature indices (-1 where unknown)."""
-        lookup = np.full(self.cardinality, -1, np.int64)
-        lookup[self.index] = np.arange(len(self.index))
-        return lookup[np.asarray(index, np.int64)]
+        if self._lookup is None:  # built once: training asks for every batch of sampled negatives
+            self._lookup = np.full(self.cardinality, -1, np.int64)
+            self._lookup[self.index] = np.arange(len(self.index))
+        return self._lookup[np.asarray(index, np.int64)]
 
     def inputs(self, rows: np.ndarray, sparse_keys: list[str], dense_names: list[str]
                ) -> tuple[torch.Tensor, KeyedJaggedTensor]:

@@ -5,6 +5,7 @@ is evaluated. Ranking objectives wrap a :class:`RankingTask`, retrieval ones a :
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,6 +106,7 @@ class RetrievalObjective:
         self.item_key = manifest.roles["item"]
         n_items = manifest.feature(self.item_key).cardinality
         self.train_pairs = read_pairs(data, "train")
+        self._pairs: dict[str, Any] = {}
         popularity = np.bincount(self.train_pairs.items, minlength=n_items).astype(np.float64)
         self.task = RetrievalTask(config.retrieval, num_items=n_items, batch_size=config.train.batch_size,
                                   item_popularity=popularity, seed=config.train.seed)
@@ -145,13 +147,19 @@ class RetrievalObjective:
             out[torch.from_numpy(catalog.index[rows])] = emb
         return out
 
+    def pairs(self, split: str) -> Any:
+        """A split's pairs, read once (evaluation runs every epoch)."""
+        if split not in self._pairs:
+            self._pairs[split] = self.train_pairs if split == "train" else read_pairs(self.data, split)
+        return self._pairs[split]
+
     def exclusions(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         earlier = ["train"] + (["val"] if split == "test" and "val" in self.manifest.splits else [])
-        pairs = [read_pairs(self.data, s) for s in earlier]
+        pairs = [self.pairs(s) for s in earlier]
         return np.concatenate([p.users for p in pairs]), np.concatenate([p.items for p in pairs])
 
     def relevant(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        pairs = read_pairs(self.data, split)
+        pairs = self.pairs(split)
         keep = pairs.labels > 0
         return pairs.users[keep], pairs.items[keep]
 
