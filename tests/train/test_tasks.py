@@ -117,3 +117,12 @@ def test_bce_retrieval_scores_pairs_by_dot_product():
     users, items = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, -1.0]])
     loss = task.bce_loss(users, items, torch.tensor([[1.0]]), torch.ones(1))
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-1.0)))
+
+
+def test_early_stopping_knows_which_metrics_fall_as_models_improve():
+    from recfunnel.train.loop import _improved
+
+    for metric in ("loss", "log_loss", "rating_rmse", "label_log_loss", "rating_mae", "label_loss"):
+        assert _improved(0.4, 0.5, metric) and not _improved(0.6, 0.5, metric), metric
+    for metric in ("auc", "label_auc", "recall_at_100", "ndcg_at_20"):
+        assert _improved(0.6, 0.5, metric) and not _improved(0.4, 0.5, metric), metric

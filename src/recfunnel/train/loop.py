@@ -25,7 +25,7 @@ from recfunnel.train.distributed import World
 
 __all__ = ["TrainingError", "FitResult", "fit", "full_state_dict", "LOWER_IS_BETTER"]
 
-LOWER_IS_BETTER = ("loss", "log_loss", "rmse", "mae")
+LOWER_IS_BETTER = ("loss", "rmse", "mae")  # suffixes: log_loss, and a multi-head model's rating_rmse
 
 
 class TrainingError(RecfunnelError):
@@ -90,7 +90,7 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
 def _improved(value: float, best: float | None, metric: str) -> bool:
     if best is None:
         return True
-    return value < best if metric in LOWER_IS_BETTER else value > best
+    return value < best if metric.endswith(LOWER_IS_BETTER) else value > best
 
 
 @dataclass
