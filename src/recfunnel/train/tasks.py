@@ -70,19 +70,29 @@ class StreamingFrequency:
     """
 
     def __init__(self, num_items: int, batch_size: int, half_life: float = 1000.0):
-        self.decay = 0.5 ** (1.0 / half_life)
+        self.growth = 0.5 ** (-1.0 / half_life)
+        # Decay without touching every item each step: new counts are added with a weight that
+        # grows by 1/decay per step, and reads divide by it (O(batch) per step, not O(items)).
         self.counts = torch.zeros(num_items, dtype=torch.float64)
         self.rows = 0.0
+        self.weight = 1.0
         self.batch_size = batch_size
         self.prior = 0.5
 
     def update(self, items: torch.Tensor) -> None:
-        self.counts.mul_(self.decay).add_(torch.bincount(items.cpu(), minlength=len(self.counts)).double())
-        self.rows = self.rows * self.decay + len(items)
+        self.weight *= self.growth
+        if self.weight > 1e100:  # rescale long before float64 overflows
+            self.counts /= self.weight
+            self.rows /= self.weight
+            self.weight = 1.0
+        items = items.cpu()
+        self.counts.index_add_(0, items, torch.full(items.shape, self.weight, dtype=torch.float64))
+        self.rows += len(items) * self.weight
 
     def probability(self, items: torch.Tensor) -> torch.Tensor:
         """Expected times each of ``items`` (int64) appears in a batch of ``batch_size`` rows."""
-        share = (self.counts[items.cpu()] + self.prior) / (self.rows + self.prior * len(self.counts))
+        counts = self.counts[items.cpu()] / self.weight
+        share = (counts + self.prior) / (self.rows / self.weight + self.prior * len(self.counts))
         return (share * self.batch_size).float().to(items.device)
 
 
