@@ -66,16 +66,21 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show(result: dict, as_json: bool, printer: Callable[[dict], None]) -> int:
+    """A benchmark's result as one JSON object or as its table."""
+    if as_json:
+        print(json.dumps(result))
+    else:
+        printer(result)
+    return 0
+
+
 def _cmd_bench_data(args: argparse.Namespace) -> int:
     from recfunnel.bench.data import bench_data, print_bench
 
     result = bench_data(args.dir, batch_size=args.batch_size, workers=args.workers, seconds=args.seconds,
                         repeats=args.repeats)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print_bench(result)
-    return 0
+    return _show(result, args.json, print_bench)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -117,22 +122,13 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
 
     result = bench_train(batch_size=args.batch_size, steps=args.steps, repeats=args.repeats, threads=args.threads,
                          rows_per_table=args.rows_per_table, zipf=args.zipf)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print_bench(result)
-    return 0
+    return _show(result, args.json, print_bench)
 
 
 def _cmd_bench_quality(args: argparse.Namespace) -> int:
     from recfunnel.bench.quality import bench_quality, print_quality
 
-    result = bench_quality(args.work, args.protocol or None)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print_quality(result)
-    return 0
+    return _show(bench_quality(args.work, args.protocol or None), args.json, print_quality)
 
 
 def _add_train_parsers(sub: argparse._SubParsersAction) -> None:

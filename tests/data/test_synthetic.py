@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 
+from recfunnel.baselines.logistic import one_hot as design_matrix
 from recfunnel.data.rows import Rows
 from recfunnel.data.schema import load_manifest
 from recfunnel.data.sources.ctr_common import TEST, auc, position_uniform, random_codes
@@ -30,18 +31,10 @@ def splits(dataset) -> dict[str, Rows]:
     return {name: read_split(dataset, name)[1] for name in ("train", "val", "test")}
 
 
-def one_hot(rows: Rows, cards: list[int]) -> sp.csr_matrix:
-    """Dense features, one column per single-hot id, mean-pooled columns per multi-hot id."""
-    n, s = len(rows), rows.sparse.shape[1]
-    blocks = [sp.csr_matrix(rows.dense.astype(np.float64))]
-    for f in range(s):
-        blocks.append(sp.csr_matrix((np.ones(n), (np.arange(n), rows.sparse[:, f])), shape=(n, cards[f])))
-    for j, values in enumerate(rows.mh_values):
-        lengths = rows.mh_lengths[:, j]
-        owner = np.repeat(np.arange(n), lengths)
-        weight = 1.0 / np.repeat(lengths, lengths)
-        blocks.append(sp.csr_matrix((weight, (owner, values)), shape=(n, cards[s + j])))
-    return sp.hstack(blocks).tocsr()
+def one_hot(rows: Rows, manifest) -> sp.csr_matrix:
+    """Raw dense features, one column per single-hot id, mean-pooled columns per multi-hot id."""
+    d = rows.dense.shape[1]
+    return design_matrix(rows, manifest, np.zeros(d), np.ones(d))
 
 
 def test_manifest_describes_features_splits_and_bayes_metrics(dataset):
@@ -103,10 +96,9 @@ def test_a_model_given_the_true_logit_reaches_the_bayes_auc(dataset, splits):
 
 def test_a_model_on_the_observed_features_stays_below_the_bayes_auc(dataset, splits):
     m = load_manifest(dataset)
-    cards = [f.cardinality for f in m.sparse]
     train, test = splits["train"], splits["test"]
-    model = LogisticRegression(C=0.1, solver="liblinear").fit(one_hot(train, cards), train.labels[:, 0])
-    score = auc(test.labels[:, 0], model.decision_function(one_hot(test, cards)))
+    model = LogisticRegression(C=0.1, solver="liblinear").fit(one_hot(train, m), train.labels[:, 0])
+    score = auc(test.labels[:, 0], model.decision_function(one_hot(test, m)))
     bayes = m.extra["bayes_auc"]["test"]
     assert 0.6 < score <= bayes + 0.005, (score, bayes)
 
@@ -180,11 +172,10 @@ def test_default_data_is_learnable_and_logistic_regression_falls_short(tmp_path)
     m = prepare_synthetic(300_000, out, quiet=True)
     bayes = m.extra["bayes_auc"]["test"]
     assert 0.75 < bayes < 0.85 and 0.2 < m.splits["train"].positives < 0.4
-    cards = [f.cardinality for f in m.sparse]
     _, train = read_split(out, "train")
     _, test = read_split(out, "test")
-    model = LogisticRegression(C=0.1, solver="liblinear").fit(one_hot(train, cards), train.labels[:, 0])
-    score = auc(test.labels[:, 0], model.decision_function(one_hot(test, cards)))
+    model = LogisticRegression(C=0.1, solver="liblinear").fit(one_hot(train, m), train.labels[:, 0])
+    score = auc(test.labels[:, 0], model.decision_function(one_hot(test, m)))
     assert bayes - 0.06 < score < bayes - 0.02, (score, bayes)
 
 

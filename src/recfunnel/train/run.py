@@ -47,6 +47,7 @@ def check_compatible(config: RunConfig, data: str | Path) -> None:
         RankingTask(config.model.heads, manifest)  # raises on unknown labels
     if "train" not in manifest.splits:
         raise ConfigError(f"{data}: no train split")
+    _early_stopping_metric(config)  # raises on a metric the model does not report
 
 
 def _objective(config: RunConfig, manifest: Any, data: str, model: torch.nn.Module) -> Any:
