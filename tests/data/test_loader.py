@@ -95,10 +95,46 @@ def test_resume_mid_epoch_is_exact(tiny, workers, stop_after):
     assert np.array_equal(np.concatenate(epoch_ids(resumed)), np.concatenate(epoch_ids(uninterrupted)))
 
 
+def head_ids(loader, batches: int) -> list[np.ndarray]:
+    out = []
+    for batch in loader:
+        out.append(batch.dense[:, 0].numpy()[batch.weights.numpy() > 0].astype(np.int64))
+        if len(out) == batches:
+            break
+    return out
+
+
+@pytest.mark.parametrize("saved, resumed", [
+    (dict(batch_size=96, num_workers=0), dict(batch_size=64, num_workers=2)),
+    (dict(batch_size=64, num_workers=2), dict(batch_size=200, num_workers=0)),
+    (dict(batch_size=96, num_workers=2), dict(batch_size=96, num_workers=1)),
+])
+@pytest.mark.parametrize("stop_after", [1, 13])
+def test_resume_with_other_workers_or_batch_size_sees_every_row_once(tiny, saved, resumed, stop_after):
+    first = StreamingBatchLoader(tiny, "train", window_blocks=3, seed=5, **saved)
+    head = head_ids(first, stop_after)
+    again = StreamingBatchLoader(tiny, "train", window_blocks=3, seed=5, **resumed)
+    again.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    tail = epoch_ids(again)
+    assert sorted(np.concatenate(head + tail).tolist()) == list(range(3000))
+    assert len(tail) == -(-(3000 - sum(map(len, head))) // resumed["batch_size"]) or resumed["num_workers"] > 1
+    # A second interruption inside the dealt-out remainder resumes exactly too.
+    third = StreamingBatchLoader(tiny, "train", window_blocks=3, seed=5, **resumed)
+    third.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    mid = head_ids(third, 2)
+    fourth = StreamingBatchLoader(tiny, "train", window_blocks=3, seed=5, **saved)
+    fourth.load_state_dict(json.loads(json.dumps(third.state_dict())))
+    assert sorted(np.concatenate(head + mid + epoch_ids(fourth)).tolist()) == list(range(3000))
+    # The epoch after the resharded one is an ordinary epoch of the new settings.
+    fresh = StreamingBatchLoader(tiny, "train", window_blocks=3, seed=5, **resumed)
+    epoch_ids(fresh)
+    assert np.array_equal(np.concatenate(epoch_ids(again)), np.concatenate(epoch_ids(fresh)))
+
+
 def test_resume_state_must_match(tiny):
-    state = StreamingBatchLoader(tiny, "train", batch_size=96).state_dict()
-    other = StreamingBatchLoader(tiny, "train", batch_size=64)
-    with pytest.raises(DataError, match="batch_size was 96 when saved, is 64 now"):
+    state = StreamingBatchLoader(tiny, "train", batch_size=96, seed=1).state_dict()
+    other = StreamingBatchLoader(tiny, "train", batch_size=96, seed=2)
+    with pytest.raises(DataError, match="seed was 1 when saved, is 2 now"):
         other.load_state_dict(state)
 
 
@@ -107,12 +143,13 @@ def test_drop_last_gives_full_batches(tiny):
     assert set(sizes) == {128} and len(sizes) == 3000 // 128
 
 
-def run_ranks(data: Path, split: str, nproc: int, workers: int, tmp_path: Path) -> list[dict]:
+def run_ranks(data: Path, split: str, nproc: int, workers: int, tmp_path: Path, *extra: str,
+              prefix: str = "rank") -> list[dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(HERE / "rank_worker.py"), str(data), split, "100", str(workers), str(tmp_path / "rank")]
+           str(HERE / "rank_worker.py"), str(data), split, "100", str(workers), str(tmp_path / prefix), *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=HERE.parent.parent)
     assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(nproc)]
+    return [json.loads((tmp_path / f"{prefix}{r}.json").read_text()) for r in range(nproc)]
 
 
 @pytest.mark.slow
@@ -123,6 +160,18 @@ def test_two_ranks_split_rows_exactly_once_in_lockstep(tiny, tmp_path, workers):
     got = Counter(ranks[0]["rows"] + ranks[1]["rows"])
     assert got == Counter(split_row_keys(tiny, "train"))
     assert set(ranks[0]["rows"]).isdisjoint(ranks[1]["rows"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_state_saved_by_n_ranks_resumes_on_m(tiny, tmp_path, before, after):
+    """Stop mid-epoch on ``before`` ranks, resume on ``after``: every row once over both parts."""
+    head = run_ranks(tiny, "train", before, 0, tmp_path, "7", prefix="head")
+    tail = run_ranks(tiny, "train", after, 0, tmp_path, "0", str(tmp_path / "headstate.json"), prefix="tail")
+    assert all(r["batches"] == 7 for r in head)
+    assert len({r["batches"] for r in tail}) == 1  # the new ranks stay in lockstep
+    got = Counter([k for r in head + tail for k in r["rows"]])
+    assert got == Counter(split_row_keys(tiny, "train"))
 
 
 def test_truncated_shard_is_reported(tiny, tmp_path):

@@ -21,6 +21,7 @@ it skips whole windows without reading them and drops the first rows of the wind
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -32,7 +33,7 @@ from recfunnel.data.streaming_compat import import_streaming
 from recfunnel.data.window import BatchParts, Window, join, to_tensors
 from recfunnel.errors import DataError
 
-__all__ = ["BlockStreamDataset", "EpochPlan", "release_shared_memory"]
+__all__ = ["BlockStreamDataset", "EpochPlan", "Pending", "remaining", "release_shared_memory"]
 
 _streaming = import_streaming()
 from streaming.base.batching import generate_work  # noqa: E402  (needs the import above first)
@@ -41,23 +42,91 @@ from streaming.base.world import World  # noqa: E402
 
 class EpochPlan:
     """One worker's share of an epoch: its windows of block ids, which blocks are padding copies,
-    and how many rows it must emit so that every rank emits the same number of batches."""
+    and how many rows it must emit so that every rank emits the same number of batches.
 
-    def __init__(self, full: np.ndarray, block_rows: np.ndarray, node: int, rank_of_node: int, worker: int):
+    ``starts`` (one per window) counts rows of a window's permutation already emitted before a
+    resumption on another world size (see :class:`Pending`); 0 in an ordinary epoch.
+    """
+
+    def __init__(self, full: np.ndarray, block_rows: np.ndarray, node: int, rank_of_node: int, worker: int,
+                 is_copy: np.ndarray | None = None, starts: np.ndarray | None = None):
         # full: int64 (nodes, ranks_per_node, workers, windows, window_blocks), -1 = no block.
-        flat = full.reshape(-1)
-        valid = flat >= 0
-        first = np.zeros(flat.shape, dtype=bool)
-        _, first_pos = np.unique(flat[valid], return_index=True)
-        first[np.flatnonzero(valid)[first_pos]] = True
-        self.windows = full[node, rank_of_node, worker]
-        self.is_copy = (~first.reshape(full.shape))[node, rank_of_node, worker] & (self.windows >= 0)
+        if is_copy is None:
+            flat = full.reshape(-1)
+            valid = flat >= 0
+            first = np.zeros(flat.shape, dtype=bool)
+            _, first_pos = np.unique(flat[valid], return_index=True)
+            first[np.flatnonzero(valid)[first_pos]] = True
+            is_copy = ~first.reshape(full.shape) & (full >= 0)
+        if starts is None:
+            starts = np.zeros(full.shape[:4], dtype=np.int64)
         sizes = np.where(full >= 0, block_rows[np.maximum(full, 0)], 0)
-        per_worker = sizes.sum(axis=(3, 4))  # (nodes, ranks, workers)
+        left = sizes.sum(axis=4) - starts  # rows each window still emits
+        per_worker = left.sum(axis=3)  # (nodes, ranks, workers)
+        self.windows = full[node, rank_of_node, worker]
+        self.is_copy = is_copy[node, rank_of_node, worker]
+        self.starts = starts[node, rank_of_node, worker]
+        self.window_rows = sizes[node, rank_of_node, worker].sum(axis=1)  # whole windows, before starts
         self.rows = int(per_worker[node, rank_of_node, worker])
         self.target_rows = int(per_worker[:, :, worker].max())
-        self.window_rows = sizes[node, rank_of_node, worker].sum(axis=1)
-        self.real_rows = int(np.where(self.is_copy, 0, sizes[node, rank_of_node, worker]).sum())
+
+
+@dataclass
+class Pending:
+    """What is left of an epoch, independent of world size: windows (block ids, padding-copy flags)
+    and the rows of each window's permutation already emitted. Resuming on another number of
+    ranks or workers deals these windows out afresh, so no row is repeated or skipped."""
+
+    ids: np.ndarray  # int64 (P, window_blocks), -1 = no block
+    copies: np.ndarray  # bool (P, window_blocks)
+    starts: np.ndarray  # int64 (P,)
+
+    def to_state(self) -> dict[str, list]:
+        """Plain lists: the state stays JSON-serialisable."""
+        return {"ids": self.ids.tolist(), "copies": self.copies.tolist(), "starts": self.starts.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Pending":
+        return cls(np.asarray(state["ids"], np.int64), np.asarray(state["copies"], bool),
+                   np.asarray(state["starts"], np.int64))
+
+    def deal(self, num_nodes: int, ranks_per_node: int, workers: int) -> tuple[np.ndarray, ...]:
+        """(full, is_copy, starts) arrays as :class:`EpochPlan` takes them: window ``i`` goes to
+        slot ``i % slots``, slots in (node, rank, worker) order."""
+        slots = num_nodes * ranks_per_node * workers
+        per_slot = max(1, -(-len(self.ids) // slots))
+        width = self.ids.shape[1] if self.ids.ndim == 2 else 1
+        full = np.full((slots, per_slot, width), -1, np.int64)
+        copies = np.zeros((slots, per_slot, width), bool)
+        starts = np.zeros((slots, per_slot), np.int64)
+        for i in range(len(self.ids)):
+            full[i % slots, i // slots] = self.ids[i]
+            copies[i % slots, i // slots] = self.copies[i]
+            starts[i % slots, i // slots] = self.starts[i]
+        shape = (num_nodes, ranks_per_node, workers, per_slot)
+        return full.reshape(*shape, width), copies.reshape(*shape, width), starts.reshape(shape)
+
+
+def remaining(plans: list[EpochPlan], emitted: list[int]) -> Pending:
+    """The windows of ``plans`` (every slot of a world) not fully emitted after each slot emitted
+    ``emitted[slot]`` rows; interleaved across slots so that dealing them out again stays balanced."""
+    per_slot: list[list[tuple[np.ndarray, np.ndarray, int]]] = []
+    for plan, rows in zip(plans, emitted):
+        left, done = [], 0
+        for ids, copies, size, start in zip(plan.windows, plan.is_copy, plan.window_rows, plan.starts):
+            size = int(size - start)
+            if size <= 0 or done + size <= rows:
+                done += max(size, 0)
+                continue
+            left.append((ids, copies, int(start) + max(0, rows - done)))
+            done += size
+        per_slot.append(left)
+    order = [w for i in range(max(map(len, per_slot), default=0)) for w in
+             (slot[i] for slot in per_slot if i < len(slot))]
+    width = plans[0].windows.shape[1] if plans else 1
+    return Pending(np.array([w[0] for w in order], np.int64).reshape(-1, width),
+                   np.array([w[1] for w in order], bool).reshape(-1, width),
+                   np.array([w[2] for w in order], np.int64))
 
 
 class BlockStreamDataset(_streaming.StreamingDataset):
@@ -79,6 +148,7 @@ class BlockStreamDataset(_streaming.StreamingDataset):
         self._epoch = 0
         self._skip_batches: list[int] = [0]
         self._rotate = 0
+        self.pending: tuple[int, Pending] | None = None  # (epoch, what is left of it) after a resharding
 
     def close(self) -> None:
         release_shared_memory(self)
@@ -95,11 +165,21 @@ class BlockStreamDataset(_streaming.StreamingDataset):
         self._rotate = sum(skip_batches) % len(skip_batches)
 
     def plan(self, world: Any, epoch: int) -> EpochPlan:
+        if self.pending is not None and self.pending[0] == epoch:
+            full, copies, starts = self.pending[1].deal(world.num_nodes, world.ranks_per_node,
+                                                        world.workers_per_rank)
+            return EpochPlan(full, self.block_rows, world.node, world.rank_of_node, world.worker_of_rank,
+                             copies, starts)
         if not self.num_canonical_nodes:
             self.num_canonical_nodes = world.num_nodes
         self._set_shuffle_block_size(world)
         full = generate_work(self.batching_method, self, world, epoch, 0)
         return EpochPlan(full, self.block_rows, world.node, world.rank_of_node, world.worker_of_rank)
+
+    def world_plans(self, num_nodes: int, ranks_per_node: int, workers: int, epoch: int) -> list[EpochPlan]:
+        """The plan of every (node, rank, worker) slot of a world, in slot order."""
+        slots = num_nodes * ranks_per_node * workers
+        return [self.plan(World(num_nodes, ranks_per_node, workers, slot), epoch) for slot in range(slots)]
 
     def batches_per_worker(self, workers: int, epoch: int) -> list[int]:
         """Batches each of this rank's ``workers`` DataLoader workers emits in ``epoch``."""
@@ -126,20 +206,22 @@ class BlockStreamDataset(_streaming.StreamingDataset):
         """Each window in emission order, the first ``skip_rows`` rows of the worker dropped."""
         done = 0
         for w, (ids, copies) in enumerate(zip(plan.windows, plan.is_copy)):
-            size = int(plan.window_rows[w])
+            start = int(plan.starts[w])  # emitted before a resharding
+            size = int(plan.window_rows[w]) - start
+            if size <= 0:
+                continue
             if done + size <= skip_rows:  # consumed before the checkpoint: not even read
                 done += size
                 continue
             keep = ids >= 0
             ids, copies = ids[keep], copies[keep]
-            if not len(ids):
-                continue
             blocks = [self._block(int(i)) for i in ids]
             weights = np.repeat(np.where(copies, 0.0, 1.0).astype(np.float32), [len(b) for b in blocks])
             window = Window.of(blocks, weights)
             if self.shuffle:
-                window.order = np.random.default_rng([self.shuffle_seed, self._epoch, int(ids[0])]).permutation(size)
-            window.order = window.order[max(0, skip_rows - done):]
+                window.order = np.random.default_rng([self.shuffle_seed, self._epoch, int(ids[0])]).permutation(
+                    int(plan.window_rows[w]))
+            window.order = window.order[start + max(0, skip_rows - done):]
             done += size
             yield window
 

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from torchrec.streamable import Pipelineable
 
-from recfunnel.data.block_stream import BlockStreamDataset
+from recfunnel.data.block_stream import BlockStreamDataset, Pending, remaining
 from recfunnel.data.schema import MANIFEST, Manifest, load_manifest
 from recfunnel.data.shards import check_shards
 from recfunnel.data.streaming_compat import import_streaming
@@ -156,6 +156,7 @@ class StreamingBatchLoader:
             yield self._batch(item)
         self.epoch += 1
         self._consumed = [0] * max(1, self.num_workers)
+        self.dataset.pending = None
 
     def _batch(self, item: dict[str, Any]) -> Batch:
         n = item["labels"].shape[0]
@@ -163,17 +164,39 @@ class StreamingBatchLoader:
         return Batch(item["dense"], sparse, item["labels"], item["weights"])
 
     def state_dict(self) -> dict[str, Any]:
-        """Where this loader stands: epoch and batches taken from each worker."""
+        """Where this loader stands: epoch, batches taken from each worker, and the world it ran in."""
+        world = self.dataset._parallel_rank_world
+        pending = self.dataset.pending
         return {"epoch": self.epoch, "consumed": list(self._consumed), "batch_size": self.batch_size,
                 "num_workers": self.num_workers, "seed": self.seed, "split": self.split,
-                "world_size": self.dataset._parallel_rank_world.num_ranks}
+                "window_blocks": self.dataset.window_blocks, "world": [world.num_nodes, world.ranks_per_node],
+                "canonical_nodes": self.dataset.num_canonical_nodes,
+                "pending": pending[1].to_state() if pending is not None and pending[0] == self.epoch else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("batch_size", "num_workers", "seed", "split", "world_size"):
-            mine = self.state_dict()[key]
+        """Continue where ``state`` stood, with no row repeated or skipped. A state saved by another
+        number of ranks, workers or another batch size is resumed by dealing what was left of its
+        epoch out to this world; the epochs after it are ordinary."""
+        for key in ("seed", "split", "window_blocks"):
+            mine = getattr(self.dataset, "window_blocks") if key == "window_blocks" else getattr(self, key)
             if state.get(key) != mine:
                 raise DataError(f"loader state: {key} was {state.get(key)!r} when saved, is {mine!r} now; "
-                                f"exact mid-epoch resumption needs the same value")
-        self.epoch = int(state["epoch"])
-        self._consumed = [int(c) for c in state["consumed"]]
-
+                                f"resuming needs the same value")
+        epoch = int(state["epoch"])
+        if state.get("canonical_nodes"):
+            self.dataset.num_canonical_nodes = int(state["canonical_nodes"])
+        pending = Pending.from_state(state["pending"]) if state.get("pending") is not None else None
+        self.dataset.pending = (epoch, pending) if pending is not None else None
+        world = self.dataset._parallel_rank_world
+        same = (list(state["world"]) == [world.num_nodes, world.ranks_per_node]
+                and state["num_workers"] == self.num_workers and state["batch_size"] == self.batch_size)
+        self.epoch = epoch
+        if same:
+            self._consumed = [int(c) for c in state["consumed"]]
+            return
+        nodes, ranks_per_node = state["world"]
+        workers = max(1, int(state["num_workers"]))
+        plans = self.dataset.world_plans(nodes, ranks_per_node, workers, epoch)
+        emitted = [int(state["consumed"][slot % workers]) * int(state["batch_size"]) for slot in range(len(plans))]
+        self.dataset.pending = (epoch, remaining(plans, emitted))
+        self._consumed = [0] * max(1, self.num_workers)
