@@ -86,17 +86,27 @@ def _cmd_bench_data(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from recfunnel.train.run import train
 
-    if args.launcher == "torchrun":
+    if args.launcher != "none":
         from recfunnel.config import load_config
-        from recfunnel.train.launch import run_torchrun
-        from recfunnel.train.run import check_compatible
+        from recfunnel.train.run import check_compatible, resume_config
 
-        if args.nproc < 1:
-            raise RecfunnelError(f"--nproc: expected an integer >= 1, got {args.nproc}")
+        processes = args.nproc if args.launcher == "torchrun" else args.num_processes
+        option = "--nproc" if args.launcher == "torchrun" else "--num-processes"
+        if processes < 1:
+            raise RecfunnelError(f"{option}: expected an integer >= 1, got {processes}")
         # a user mistake fails here once, not once per process
-        check_compatible(load_config(args.model, args.config, args.set), args.data)
-        return run_torchrun(args.argv, args.nproc)
-    train(args.model, args.data, args.out, args.config, args.set, overwrite=args.overwrite, quiet=args.quiet)
+        config = (resume_config(args.model, args.out, args.config, args.set)[0] if args.resume
+                  else load_config(args.model, args.config, args.set))
+        check_compatible(config, args.data)
+        if args.launcher == "torchrun":
+            from recfunnel.train.launch import run_torchrun
+
+            return run_torchrun(args.argv, processes)
+        from recfunnel.train.spark_launch import run_spark
+
+        return run_spark(args.argv, processes, master=args.spark_master, local_mode=args.local_mode)
+    train(args.model, args.data, args.out, args.config, args.set, overwrite=args.overwrite, quiet=args.quiet,
+          resume=args.resume)
     return 0
 
 
@@ -145,10 +155,20 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
                    help="override one field, e.g. --set train.batch_size=4096 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="reuse a RUN_DIR that holds a finished run")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
-    p.add_argument("--launcher", choices=["none", "torchrun"], default="none",
-                   help="torchrun: run on --nproc processes of this machine (gloo on CPU, nccl on GPUs); "
-                   "the command also runs as is under your own torchrun")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in RUN_DIR from its latest checkpoint (on any number of "
+                   "processes); --set may change values such as train.epochs")
+    p.add_argument("--launcher", choices=["none", "torchrun", "spark"], default="none",
+                   help="torchrun: --nproc processes of this machine; spark: --num-processes Spark tasks through "
+                   "TorchDistributor (gloo on CPU, nccl on GPUs). The command also runs as is under your own "
+                   "torchrun")
     p.add_argument("--nproc", type=int, default=2, help="processes for --launcher torchrun (default 2)")
+    p.add_argument("--num-processes", type=int, default=2, help="processes for --launcher spark (default 2)")
+    p.add_argument("--spark-master", metavar="URL", help="Spark master for --launcher spark (default: the active "
+                   "session, as on Databricks, else local[N])")
+    p.add_argument("--local-mode", action=argparse.BooleanOptionalAction, default=False,
+                   help="spark: run the processes on the driver (--local-mode) or as Spark tasks on the "
+                   "executors (--no-local-mode, the default)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="a run's validation and test metrics beside its baselines")

@@ -25,6 +25,7 @@ from recfunnel.errors import ConfigError
 __all__ = [
     "MODELS", "HeadConfig", "ModelConfig", "RetrievalConfig", "OptimizerConfig", "TrainConfig",
     "EvalConfig", "TrackingConfig", "TableSharding", "ShardingConfig", "RunConfig", "load_config", "config_from_dict", "flatten",
+    "with_overrides",
 ]
 
 MODELS = ("two-tower", "dlrm", "dcnv2", "deepfm")
@@ -142,6 +143,9 @@ class TrainConfig:
     log_every: int = 50  # steps between logged training metrics
     max_steps: int = 0  # stop after this many steps (0 = no limit); for smoke tests and benchmarks
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    window_blocks: int = 8  # blocks of rows shuffled together by the loader (memory: window_blocks * block rows)
+    checkpoint_every: int = 1000  # steps between resumable checkpoints (also one at each epoch end); 0 = epoch ends only
+    keep_checkpoints: int = 2  # newest resumable checkpoints kept
 
     def validate(self) -> None:
         _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
@@ -154,6 +158,9 @@ class TrainConfig:
         _check(self.log_every >= 1, "train.log_every", "an integer >= 1", self.log_every)
         _check(self.max_steps >= 0, "train.max_steps", "an integer >= 0", self.max_steps)
         _check(self.threads >= 0, "train.threads", "an integer >= 0", self.threads)
+        _check(self.window_blocks >= 1, "train.window_blocks", "an integer >= 1", self.window_blocks)
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "an integer >= 0", self.checkpoint_every)
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
 
 
 @dataclass
@@ -324,6 +331,13 @@ def default_config_text(model_kind: str) -> str:
     if model_kind not in MODELS:
         raise ConfigError(f"model: expected one of {MODELS}, got {model_kind!r}")
     return resources.files("recfunnel").joinpath("configs", f"{model_kind}.yaml").read_text()
+
+
+def with_overrides(data: dict[str, Any], overrides: list[str]) -> RunConfig:
+    """A saved config's dict (``config.yaml`` of a run) with ``key=value`` overrides applied."""
+    for item in overrides:
+        data = _override(data, item)
+    return config_from_dict(RunConfig, data)
 
 
 def load_config(model_kind: str, file: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:

@@ -148,8 +148,11 @@ class StreamingBatchLoader:
     def __iter__(self) -> Iterator[Batch]:
         """The rest of the current epoch; when it is exhausted the next epoch begins."""
         self.dataset.set_epoch(self.epoch, self._consumed)
+        # Its own generator: a DataLoader otherwise draws its base seed from torch's global RNG each
+        # epoch, and a resumed run (which starts its iterator later) would see other dropout masks.
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                            pin_memory=self.pin_memory, persistent_workers=False,
+                            pin_memory=self.pin_memory, persistent_workers=False, generator=generator,
                             multiprocessing_context="fork" if self.num_workers else None)
         for item in loader:
             self._consumed[item["worker"]] += 1

@@ -6,8 +6,11 @@ Models know nothing of this: they are built on the meta device and handed to :fu
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+import warnings
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -17,8 +20,8 @@ from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
-from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
-from torchrec.distributed.types import ShardingPlan
+from torchrec.distributed.planner.types import KernelConfig, ParameterConstraints, TopologyFactory, TrainerConfig
+from torchrec.distributed.types import ShardedTensor, ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
@@ -26,7 +29,13 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recfunnel.config import OptimizerConfig
 
-__all__ = ["World", "init_world", "wrap", "dense_optimizer", "embedding_optimizer_class"]
+__all__ = ["World", "init_world", "wrap", "init_embeddings", "dense_optimizer", "embedding_optimizer_class",
+           "PLANNER_SHARDING_TYPES"]
+
+# What the planner may choose by itself. Not data_parallel: its tables take a dense-kernel
+# optimizer whose state differs from the fused one, so a checkpoint could not move between world
+# sizes (and on CPU fbgemm warns its autograd kernel is unregistered). A config can still force it.
+PLANNER_SHARDING_TYPES = ["table_wise", "row_wise", "table_row_wise", "column_wise"]
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,9 @@ def wrap(model: nn.Module, world: World, embedding_opt: OptimizerConfig, dense_o
             TrainerConfig(world_size=world.world_size,
                           local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size))),
             kernel_config=KernelConfig(compute_device=world.device.type))
-        planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size,
+        constraints = {c.name: ParameterConstraints(sharding_types=PLANNER_SHARDING_TYPES, compute_kernels=["fused"])
+                       for ebc in embedding_collections(model) for c in ebc.embedding_bag_configs()}
+        planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints,
                                            storage_reservation=FixedPercentageStorageReservation(0.15))
         plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     # alone, DDP's gradient buckets only copy: leave the dense part unwrapped
@@ -119,3 +130,38 @@ def wrap(model: nn.Module, world: World, embedding_opt: OptimizerConfig, dense_o
     dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
                                   lambda params: dense_optimizer(dense_opt, list(params)))
     return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), plan
+
+
+INIT_CHUNK_ROWS = 65536
+
+
+@torch.no_grad()
+def init_embeddings(model: nn.Module, seed: int) -> None:
+    """Fill every embedding table with values that depend on (seed, table, row) only, however the
+    tables are sharded: the same seed gives the same model on 1 process or 64 (TorchRec would
+    draw each shard from its own rank's generator). Uniform(+-sqrt(1/rows)), TorchRec's default.
+
+    Rows are drawn in chunks of INIT_CHUNK_ROWS from a generator seeded by (seed, table, chunk),
+    so a rank only draws the chunks its shards overlap.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # ShardedTensor, which torch says DTensor will replace
+        state = model.state_dict()
+    for key, value in state.items():
+        if ".embedding_bags." not in key or not key.endswith(".weight"):
+            continue
+        rows, dim = value.size() if isinstance(value, ShardedTensor) else value.shape
+        if isinstance(value, ShardedTensor):
+            pieces = [(s.tensor, *s.metadata.shard_offsets) for s in value.local_shards()]
+        else:
+            pieces = [(value, 0, 0)]
+        bound = math.sqrt(1.0 / rows)
+        table = zlib.crc32(key.encode())
+        for tensor, row0, col0 in pieces:
+            n, width = tensor.shape
+            for chunk in range(row0 // INIT_CHUNK_ROWS, -(-(row0 + n) // INIT_CHUNK_ROWS)):
+                lo, hi = chunk * INIT_CHUNK_ROWS, min(rows, (chunk + 1) * INIT_CHUNK_ROWS)
+                gen = torch.Generator().manual_seed((seed * 1_000_003 + table) * 100_003 + chunk)
+                values = torch.empty(hi - lo, dim).uniform_(-bound, bound, generator=gen)
+                a, b = max(lo, row0), min(hi, row0 + n)
+                tensor[a - row0:b - row0].copy_(values[a - lo:b - lo, col0:col0 + width])

@@ -1,6 +1,9 @@
 """The training loop: epochs over the streaming loader, validation every epoch, early stopping on a
-chosen metric, the best weights kept on disk, a NaN loss stopping the run with the last good
-checkpoint intact.
+chosen metric, the best weights kept on disk, resumable checkpoints every N steps and at each
+epoch end, a NaN loss stopping the run with the last good checkpoint intact.
+
+Every epoch is audited: the real rows seen (all ranks) and an order-free checksum of their ids and
+labels are kept with the checkpoint, so a resumed epoch can be shown to have seen each row once.
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +24,7 @@ from tqdm import tqdm
 from recfunnel.config import RunConfig
 from recfunnel.data.loader import StreamingBatchLoader
 from recfunnel.errors import RecfunnelError
+from recfunnel.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from recfunnel.train.distributed import World
 
 __all__ = ["TrainingError", "FitResult", "fit", "full_state_dict", "LOWER_IS_BETTER"]
@@ -42,6 +46,8 @@ class FitResult:
     samples_per_s: float  # training rows per second, all ranks, loop time only
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    audit: list[dict[str, int]] = field(default_factory=list)  # per epoch: rows seen, checksum
+    resumed_from: int | None = None  # the step of the checkpoint this run continued
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -95,7 +101,7 @@ def _improved(value: float, best: float | None, metric: str) -> bool:
 
 @dataclass
 class _Progress:
-    """What the loop has done so far."""
+    """What the loop has done so far (saved with every checkpoint; the same on every rank)."""
 
     step: int = 0
     rows: int = 0
@@ -105,6 +111,29 @@ class _Progress:
     best_epoch: int = 0
     bad_epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 1  # the epoch in progress, or the next one
+    epoch_rows: int = 0  # of the epoch in progress: real rows seen, all ranks, up to the last sync
+    epoch_checksum: int = 0
+    epoch_seconds: float = 0.0
+    epoch_throughput_rows: int = 0  # rows counted for samples/s (padding included, as the steps cost it)
+    running: float | None = None  # smoothed training loss
+    audit: list[dict[str, int]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+_MULTIPLIERS = torch.tensor([pow(1_000_003, i + 1, 2 ** 61) for i in range(64)], dtype=torch.int64)
+
+
+def _audit(batch: Any, single_hot: int) -> torch.Tensor:
+    """int64 (real rows, checksum): the checksum sums a hash of each real row's single-hot ids and
+    first label, wrapping around in int64, so it does not depend on the order rows came in."""
+    real = (batch.weights > 0).long()
+    n = len(real)
+    hashed = (batch.labels[:, 0] * 1000).round().long() * 31
+    if single_hot:
+        ids = batch.sparse.values()[:single_hot * n].view(single_hot, n)
+        hashed = hashed + (ids * _MULTIPLIERS[:single_hot, None].to(ids.device) % (2 ** 61)).sum(0)
+    return torch.stack([real.sum(), (hashed * real).sum()]).cpu()
 
 
 class _Loop:
@@ -112,40 +141,74 @@ class _Loop:
                  world: World, checkpoints: Path, metric: str, has_val: bool, show: bool,
                  log: Callable[[dict[str, float], int], None]):
         self.model, self.optimizer, self.objective = model, optimizer, objective
+        self.config = config
         self.cfg, self.world, self.checkpoints, self.metric = config.train, world, checkpoints, metric
         self.has_val, self.show, self.log = has_val, show, log
         self.progress = _Progress()
+        self._unsynced = torch.zeros(2, dtype=torch.int64)  # audit of this rank since the last sync
 
     def done(self) -> bool:
         return bool(self.cfg.max_steps) and self.progress.step >= self.cfg.max_steps
 
-    def train_epoch(self, loader: StreamingBatchLoader, epoch: int) -> tuple[int, float]:
-        """One pass over the training split: (rows, smoothed loss)."""
+    def train_epoch(self, loader: StreamingBatchLoader, epoch: int) -> None:
+        """The rest of one pass over the training split (all of it unless resuming mid-epoch)."""
         p, cfg = self.progress, self.cfg
         self.model.train()
-        bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{cfg.epochs}", disable=not self.show, leave=False,
-                   unit="step", dynamic_ncols=True)
-        start, rows, running = time.perf_counter(), 0, None
+        single_hot = len(loader.manifest.single_hot)
+        done_before = sum(loader.state_dict()["consumed"])  # > 0 when resuming mid-epoch
+        bar = tqdm(total=len(loader), initial=done_before,
+                   desc=f"epoch {epoch}/{cfg.epochs}", disable=not self.show, leave=False, unit="step",
+                   dynamic_ncols=True)
+        start = time.perf_counter()
         for batch in loader:
             losses = self.step(batch.to(self.world.device), epoch)
-            rows += int(batch.weights.sum().item()) * self.world.world_size
+            self._unsynced += _audit(batch, single_hot)
+            p.epoch_throughput_rows += int(batch.weights.sum().item()) * self.world.world_size
             value = losses["loss"].item()
-            running = value if running is None else 0.9 * running + 0.1 * value
-            bar.set_postfix(loss=f"{running:.4f}",
-                            samples_per_s=f"{rows / max(time.perf_counter() - start, 1e-9):,.0f}")
+            p.running = value if p.running is None else 0.9 * p.running + 0.1 * value
+            elapsed = p.epoch_seconds + time.perf_counter() - start
+            bar.set_postfix(loss=f"{p.running:.4f}", samples_per_s=f"{p.epoch_throughput_rows / max(elapsed, 1e-9):,.0f}")
             bar.update()
             if p.step % cfg.log_every == 0:
                 # the smoothed loss: single-step losses of small batches are mostly noise
-                point = {"train_loss": running, **{f"train_{k}_loss": v.item() for k, v in losses.items()
-                                                   if k != "loss"}}
+                point = {"train_loss": p.running, **{f"train_{k}_loss": v.item() for k, v in losses.items()
+                                                     if k != "loss"}}
                 p.history.append({"step": p.step, "epoch": epoch - 1 + bar.n / max(1, len(loader)), **point})
                 self.log(point, p.step)
+            if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0:
+                p.epoch_seconds += time.perf_counter() - start
+                start = time.perf_counter()
+                self.checkpoint(loader)
             if self.done():
                 break
         bar.close()
-        p.seconds += time.perf_counter() - start
-        p.rows += rows
-        return rows, running if running is not None else float("nan")
+        p.epoch_seconds += time.perf_counter() - start
+
+    def _sync_audit(self) -> None:
+        total = self._unsynced.clone()
+        if self.world.world_size > 1:
+            dist.all_reduce(total)
+        self.progress.epoch_rows += int(total[0])
+        self.progress.epoch_checksum = (self.progress.epoch_checksum + int(total[1]) + 2 ** 63) % 2 ** 64 - 2 ** 63
+        self._unsynced.zero_()
+
+    def checkpoint(self, loader: StreamingBatchLoader) -> None:
+        """A resumable checkpoint of this moment (collective)."""
+        self._sync_audit()
+        state = getattr(self.objective, "state_dict", lambda: {})()
+        trainer = {"step": self.progress.step, "progress": asdict(self.progress), "loader": loader.state_dict(),
+                   "config": self.config.to_dict()}
+        save_checkpoint(self.checkpoints, self.model, self.optimizer, trainer, self.world,
+                        keep=self.cfg.keep_checkpoints, objective_state=state)
+
+    def restore(self, path: Path, loader: StreamingBatchLoader) -> int:
+        """Continue from the checkpoint at ``path``; returns its step."""
+        trainer = load_checkpoint(path, self.model, self.optimizer, self.world)
+        self.progress = _Progress(**trainer["progress"])
+        if trainer["objective"] and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(trainer["objective"])
+        loader.load_state_dict(trainer["loader"])
+        return int(trainer["step"])
 
     def step(self, batch: Any, epoch: int) -> dict[str, torch.Tensor]:
         losses = self.objective.loss(self.model, batch)
@@ -153,24 +216,39 @@ class _Loop:
         if not _all_finite(loss, self.world):
             raise TrainingError(
                 f"the training loss became {_shown(loss)} at epoch {epoch}, step {self.progress.step + 1}; "
-                f"stopped. The last good weights are in {self.checkpoints}/last.pt (epoch {epoch - 1}); try a "
-                f"lower learning rate (train.dense_optimizer.lr, train.embedding_optimizer.lr)")
+                f"stopped. The last good checkpoint is {self._last_good()}; try a lower learning rate "
+                f"(train.dense_optimizer.lr, train.embedding_optimizer.lr)")
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         self.progress.step += 1
         return losses
 
-    def end_epoch(self, epoch: int, rows: int, seconds: float, loss: float) -> bool:
-        """Checkpoint, validate, keep the best; True when early stopping says stop."""
+    def _last_good(self) -> str:
+        found = latest_checkpoint(self.checkpoints)
+        return f"{found} (resume with --resume)" if found else "none (no checkpoint was written yet)"
+
+    def end_epoch(self, epoch: int, loader: StreamingBatchLoader) -> None:
+        """Audit, validate, keep the best, checkpoint. An epoch cut short by ``max_steps`` is
+        validated too (the run ends there) but stays the epoch in progress for a later resumption."""
         p = self.progress
+        self._sync_audit()
+        complete = loader.epoch >= epoch  # the loader counts finished epochs from 0
+        rows, seconds, loss = p.epoch_throughput_rows, p.epoch_seconds, p.running
+        p.rows += rows
+        p.seconds += seconds
+        p.epoch_seconds, p.epoch_throughput_rows = 0.0, 0
+        if complete:
+            p.audit.append({"epoch": epoch, "rows": p.epoch_rows, "checksum": p.epoch_checksum})
+            p.epoch, p.epoch_rows, p.epoch_checksum = epoch + 1, 0, 0
         state = full_state_dict(self.model)
-        if self.world.is_main:
-            _save(self.checkpoints / "last.pt", {"state_dict": state, "epoch": epoch, "step": p.step})
         val: dict[str, float] = {}
         if self.has_val:
             self.model.eval()
-            val = self.objective.evaluate(self.model, "val", self.world.device)
+            # validation leaves the training RNG as it was: a run stopped here and resumed goes on
+            # exactly as one that never stopped
+            with torch.random.fork_rng(devices=[self.world.device] if self.world.device.type == "cuda" else []):
+                val = self.objective.evaluate(self.model, "val", self.world.device)
             p.history.append({"epoch": epoch, "split": "val", **val})
             self.log({f"val_{k}": v for k, v in val.items()}, p.step)
         # without a validation split the latest epoch is the best we know
@@ -179,42 +257,49 @@ class _Loop:
             p.best_value, p.best, p.best_epoch, p.bad_epochs = val.get(self.metric), val, epoch, 0
             if self.world.is_main:
                 _save(self.checkpoints / "best.pt", {"state_dict": state, "epoch": epoch, "step": p.step})
-        else:
+        elif complete:
             p.bad_epochs += 1
+        p.stopped_early = self.has_val and bool(self.cfg.early_stopping_patience) and \
+            p.bad_epochs >= self.cfg.early_stopping_patience
+        self.checkpoint(loader)
         if self.show:
             shown = "".join(f", val_{k} {v:.4f}" for k, v in val.items())
-            tqdm.write(f"epoch {epoch}: loss {loss:.4f}, {rows / max(seconds, 1e-9):,.0f} samples/s{shown}"
-                       + (" *" if improved and self.has_val else ""))
-        return self.has_val and bool(self.cfg.early_stopping_patience) and \
-            p.bad_epochs >= self.cfg.early_stopping_patience
+            tqdm.write(f"epoch {epoch}{'' if complete else ' (cut short by train.max_steps)'}: loss "
+                       f"{loss if loss is not None else float('nan'):.4f}, {rows / max(seconds, 1e-9):,.0f} "
+                       f"samples/s{shown}" + (" *" if improved and self.has_val else ""))
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Any, config: RunConfig, data: str,
         world: World, checkpoints: Path, metric: str, *, has_val: bool, quiet: bool = False,
-        log: Callable[[dict[str, float], int], None] = lambda metrics, step: None) -> FitResult:
+        log: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+        resume: Path | None = None) -> FitResult:
     """Train ``model`` (DMP-wrapped) until ``config.train.epochs`` or early stopping.
 
     Writes ``checkpoints/best.pt`` (weights of the best validation epoch; the last epoch without a
-    validation split) and ``checkpoints/last.pt`` (the last finished epoch).
+    validation split) and resumable checkpoints (see checkpoint.py). ``resume``: a checkpoint to
+    continue from, written by any number of processes.
     """
     cfg = config.train
     checkpoints.mkdir(parents=True, exist_ok=True)
     loop = _Loop(model, optimizer, objective, config, world, checkpoints, metric, has_val,
                  world.is_main and not quiet, log)
     loader = StreamingBatchLoader(data, "train", batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
-                                  num_workers=cfg.num_workers)
-    epoch, stopped_early = 0, False
+                                  num_workers=cfg.num_workers, window_blocks=cfg.window_blocks)
+    resumed_from = None
     try:
-        for epoch in range(1, cfg.epochs + 1):
-            start = time.perf_counter()
-            rows, loss = loop.train_epoch(loader, epoch)
-            stopped_early = loop.end_epoch(epoch, rows, time.perf_counter() - start, loss)
-            if stopped_early or loop.done():
-                break
+        if resume is not None:
+            resumed_from = loop.restore(resume, loader)
+            if loop.show:
+                tqdm.write(f"resumed from {resume} (step {resumed_from}, epoch {loop.progress.epoch})")
+        p = loop.progress
+        while p.epoch <= cfg.epochs and not p.stopped_early and not loop.done():
+            epoch = p.epoch
+            loop.train_epoch(loader, epoch)
+            loop.end_epoch(epoch, loader)  # also when max_steps stopped it mid-epoch
     finally:
         loader.close()
     if world.world_size > 1:
         dist.barrier()  # all ranks closed the loader before any opens another dataset
     p = loop.progress
-    return FitResult(p.best, p.best_epoch, epoch, p.step, p.seconds, p.rows / max(p.seconds, 1e-9), p.history,
-                     stopped_early)
+    return FitResult(p.best, p.best_epoch, len(p.audit), p.step, p.seconds, p.rows / max(p.seconds, 1e-9), p.history,
+                     p.stopped_early, p.audit, resumed_from)

@@ -114,6 +114,18 @@ class RetrievalObjective:
         self.user_inputs = (towers.user_tower.sparse_keys, towers.user_tower.dense_names)
         self.item_inputs = (towers.item_tower.sparse_keys, towers.item_tower.dense_names)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What training changes besides the model: the item-frequency estimate and the negative sampler."""
+        f = self.task.frequency
+        return {"counts": f.counts.clone(), "rows": f.rows, "weight": f.weight,
+                "generator": self.task.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        f = self.task.frequency
+        f.counts.copy_(state["counts"])
+        f.rows, f.weight = float(state["rows"]), float(state["weight"])
+        self.task.generator.set_state(state["generator"])
+
     def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         users, items = model(batch.dense, batch.sparse)
         if self.config.retrieval.loss == "bce":

@@ -4,7 +4,7 @@
         config.yaml      the resolved configuration
         metrics.json     best validation and test metrics, baselines, throughput, MLflow run id
         model/           the final (best) model, unsharded, self-contained (see artifacts.py)
-        checkpoints/     best.pt, last.pt
+        checkpoints/     resumable checkpoints (step-N/, latest) and best.pt (see checkpoint.py)
         plots/           training curves, calibration or baseline comparison (also in MLflow)
         mlflow.json      where the run is tracked
 """
@@ -20,15 +20,15 @@ from typing import Any
 import torch
 import yaml
 
-from recfunnel.config import RunConfig, load_config
+from recfunnel.config import RunConfig, load_config, with_overrides
 from recfunnel.data.schema import load_manifest
 from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.train.artifacts import MODEL_DIR, build_model, load_trained, save_model
-from recfunnel.train.distributed import embedding_collections, init_world, wrap
+from recfunnel.train.distributed import embedding_collections, init_embeddings, init_world, wrap
 from recfunnel.train.loop import TrainingError, fit
 from recfunnel.train.summary import log_results, print_summary
 
-__all__ = ["train", "check_compatible", "validation_metrics", "METRICS"]
+__all__ = ["train", "check_compatible", "validation_metrics", "resume_config", "METRICS"]
 
 METRICS = "metrics.json"
 
@@ -99,18 +99,48 @@ def _report_plan(plan: Any, tables: dict[str, tuple[int, int]], config: RunConfi
         print(text)
 
 
+def resume_config(model_kind: str, out: str | Path, config_file: str | Path | None, overrides: list[str]
+                  ) -> tuple[RunConfig, Path]:
+    """The interrupted run's config (``--set`` overrides on top, e.g. more epochs) and its latest
+    checkpoint; one-line errors when there is nothing to resume."""
+    from recfunnel.train.checkpoint import latest_checkpoint
+
+    out = Path(out)
+    if config_file is not None:
+        raise ConfigError("--config cannot be combined with --resume: the run keeps its own config.yaml "
+                          "(change single values with --set)")
+    if (out / METRICS).exists():
+        raise RecfunnelError(f"{out}: the run has finished ({METRICS} is written); nothing to resume")
+    if not (out / "config.yaml").is_file():
+        raise RecfunnelError(f"{out}: no run to resume (no config.yaml); start it without --resume")
+    found = latest_checkpoint(out / "checkpoints")
+    if found is None:
+        raise RecfunnelError(f"{out}/checkpoints: no complete checkpoint to resume from; start the run again "
+                             f"without --resume (with --overwrite)")
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    if saved.get("model_kind") != model_kind:
+        raise ConfigError(f"--model: the run in {out} trained {saved.get('model_kind')!r}, not {model_kind!r}")
+    return with_overrides(saved, overrides), found
+
+
 def train(model_kind: str, data: str | Path, out: str | Path, config_file: str | Path | None = None,
-          overrides: list[str] = (), *, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
+          overrides: list[str] = (), *, overwrite: bool = False, quiet: bool = False,
+          resume: bool = False) -> dict[str, Any]:
     """Train ``model_kind`` on the prepared dataset ``data``; write the run folder ``out``.
 
-    Returns the metrics written to ``out/metrics.json``.
+    ``resume``: continue the interrupted run in ``out`` from its latest checkpoint, on any number
+    of processes. Returns the metrics written to ``out/metrics.json``.
     """
-    config = load_config(model_kind, config_file, list(overrides))
     data, out = str(data), Path(out)
+    checkpoint = None
+    if resume:
+        config, checkpoint = resume_config(model_kind, out, config_file, list(overrides))
+    else:
+        config = load_config(model_kind, config_file, list(overrides))
     manifest = load_manifest(data)
     check_compatible(config, data)
     metric = _early_stopping_metric(config)
-    if (out / METRICS).exists() and not overwrite:
+    if not resume and (out / METRICS).exists() and not overwrite:
         raise RecfunnelError(f"{out}: already holds a finished run; choose another --out or pass --overwrite")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -118,10 +148,16 @@ def train(model_kind: str, data: str | Path, out: str | Path, config_file: str |
     torch.manual_seed(config.train.seed)
     out.mkdir(parents=True, exist_ok=True)
     if world.is_main:
-        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if not resume:
+            import shutil
+
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # an earlier run's must not be resumed
+        tmp = out / "config.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        tmp.replace(out / "config.yaml")
     from recfunnel.train.tracking import Tracker, file_sha256, package_versions
 
-    tracker = Tracker.start(config.tracking, run_dir=out, enabled=world.is_main, quiet=quiet)
+    tracker = Tracker.start(config.tracking, run_dir=out, enabled=world.is_main, quiet=quiet, resume=resume)
     with tracker:
         tracker.log_params({**config.to_dict(), "data": data})
         tracker.set_tags({"recfunnel.model": model_kind, "recfunnel.data": data,
@@ -138,11 +174,12 @@ def train(model_kind: str, data: str | Path, out: str | Path, config_file: str |
                                int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size)), world.device.type)
         dmp, optimizer, plan = wrap(model, world, config.train.embedding_optimizer, config.train.dense_optimizer,
                                     plan=plan, batch_size=config.train.batch_size)
+        init_embeddings(dmp, config.train.seed)  # the same tables whatever the sharding
         _report_plan(plan, tables, config, out, tracker, world, quiet)
         objective = _objective(config, manifest, data, dmp)
         has_val = "val" in manifest.splits and manifest.splits["val"].rows > 0
         result = fit(dmp, optimizer, objective, config, data, world, out / "checkpoints", metric, has_val=has_val,
-                     quiet=quiet, log=tracker.log_metrics)
+                     quiet=quiet, log=tracker.log_metrics, resume=checkpoint)
         metrics = _finish(config, manifest, data, out, objective, result, world, tracker, metric, quiet)
     return metrics
 
@@ -182,7 +219,10 @@ def _finish(config, manifest, data, out, objective, result, world, tracker, metr
                            "best_value": result.best.get(metric)},  # as measured on the sharded model
         "train": {"steps": result.steps, "seconds": round(result.seconds, 2),
                   "samples_per_s": round(result.samples_per_s, 1), "world_size": world.world_size,
-                  "eval_seconds": round(eval_seconds, 2)},
+                  "global_batch_size": config.train.batch_size * world.world_size,
+                  "eval_seconds": round(eval_seconds, 2), "resumed_from_step": result.resumed_from,
+                  # per epoch: real rows seen by all ranks and an order-free checksum of them
+                  "epochs": result.audit, "train_rows": manifest.splits["train"].rows},
         "mlflow": {"run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri},
     }
     if world.is_main:

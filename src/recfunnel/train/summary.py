@@ -77,7 +77,8 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
                     if isinstance(v, (int, float)):
                         out[f"baseline_{name}_{split}_{k}"] = v
     for k, v in metrics["train"].items():
-        out[f"train_{k}"] = v
+        if isinstance(v, (int, float)) and not isinstance(v, bool):  # not the per-epoch audit list
+            out[f"train_{k}"] = v
     return out
 
 

@@ -129,8 +129,10 @@ class Tracker:
     _ended: bool = False
 
     @classmethod
-    def start(cls, cfg: TrackingConfig, *, run_dir: Path, enabled: bool = True, quiet: bool = False) -> "Tracker":
-        """Open a run in ``cfg.experiment`` (created if new), named ``cfg.run_name``."""
+    def start(cls, cfg: TrackingConfig, *, run_dir: Path, enabled: bool = True, quiet: bool = False,
+              resume: bool = False) -> "Tracker":
+        """Open a run in ``cfg.experiment`` (created if new), named ``cfg.run_name``; with ``resume``,
+        reopen the run recorded in ``run_dir`` (its metrics go on from the step they stopped at)."""
         if not enabled:
             return cls(enabled=False)
         from mlflow import MlflowClient
@@ -138,6 +140,8 @@ class Tracker:
         # a new sqlite store's migrations (a dozen INFO lines) and the input-example check of log_model
         for name in ("alembic", "mlflow.store.db.utils", "mlflow.pyfunc", "mlflow.models"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        if resume and (reopened := cls._reopen(Path(run_dir))) is not None:
+            return reopened
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         uri, artifacts, fell_back = _default_uri(), None, False
@@ -158,6 +162,21 @@ class Tracker:
         tracker._write_record()
         return tracker
 
+    @classmethod
+    def _reopen(cls, run_dir: Path) -> "Tracker | None":
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        try:
+            record = json.loads((run_dir / RECORD).read_text())
+            client = MlflowClient(tracking_uri=record["tracking_uri"])
+            client.update_run(record["run_id"], status="RUNNING")
+        except (OSError, ValueError, KeyError, MlflowException):
+            return None  # the store moved or the run is gone: a new run it is
+        return cls(client=client, run_id=record["run_id"], tracking_uri=record["tracking_uri"],
+                   experiment_id=record.get("experiment_id"), run_dir=run_dir, enabled=True,
+                   fell_back=record["tracking_uri"].endswith(FALLBACK_DB))
+
     def __enter__(self) -> "Tracker":
         return self
 
@@ -172,6 +191,10 @@ class Tracker:
         from mlflow.entities import Param
 
         items = [Param(metric_name(k), str(v)[:MAX_PARAM_CHARS]) for k, v in flatten(params).items()]
+        # a resumed run keeps the values it started with (MLflow params cannot change; --set
+        # overrides given on resumption are in the run folder's config.yaml)
+        logged = self.client.get_run(self.run_id).data.params
+        items = [p for p in items if p.key not in logged]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
