@@ -144,7 +144,8 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
 def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     from recfunnel.config import MODELS
 
-    p = sub.add_parser("train", help="train a two-tower retriever or a DLRM / DCNv2 / DeepFM ranker",
+    # allow_abbrev=False: launchers drop their own options by exact name before each process re-runs the command
+    p = sub.add_parser("train", allow_abbrev=False, help="train a two-tower retriever or a DLRM / DCNv2 / DeepFM ranker",
                        description="Train on a prepared dataset; writes RUN_DIR (model, metrics.json, plots, "
                        "checkpoints) and an MLflow run (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db).")
     p.add_argument("--model", required=True, choices=MODELS)

@@ -31,7 +31,8 @@ def test_launcher_options_are_dropped_and_the_rest_kept_in_order(argv, kept):
 
 
 def test_the_spark_launcher_does_not_import_pyspark_until_it_runs():
-    code = "import sys, recfunnel.cli, recfunnel.train.spark_launch; print(any(m.startswith('pyspark') for m in sys.modules))"
+    code = ("import sys, recfunnel.cli, recfunnel.train.spark_launch; "
+            "print(any(m.startswith('pyspark') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
@@ -73,7 +74,8 @@ def test_gpus_need_spark_to_hand_them_out():
 def test_another_master_than_the_active_sessions_is_refused(monkeypatch):
     from pyspark.sql import SparkSession
 
-    monkeypatch.setattr(SparkSession, "getActiveSession", staticmethod(lambda: _Session(**{"spark.master": "local[2]"})))
+    active = _Session(**{"spark.master": "local[2]"})
+    monkeypatch.setattr(SparkSession, "getActiveSession", staticmethod(lambda: active))
     assert spark_launch._session(None, 2)[1] is False  # used, and not ours to stop
     assert spark_launch._session("local[2]", 2)[1] is False
     with pytest.raises(RecfunnelError, match=r"--spark-master local\[4\]: .* session on local\[2\]"):
@@ -101,7 +103,7 @@ def world(monkeypatch):
 def test_ranks_on_one_host_become_local_ranks_of_one_node(world):
     world["value"] = [["a", ""]]
     spark_launch._one_host()
-    assert (os.environ["LOCAL_RANK"], os.environ["LOCAL_WORLD_SIZE"], os.environ["CUDA_VISIBLE_DEVICES"]) == ("1", "2", "")
+    assert [os.environ[k] for k in ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "CUDA_VISIBLE_DEVICES")] == ["1", "2", ""]
 
 
 def test_ranks_on_several_hosts_keep_what_torchrun_said(world):

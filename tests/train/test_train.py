@@ -158,9 +158,12 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(datasets, t
     monkeypatch.setattr(objectives.RankingObjective, "loss", poisoned)
     with pytest.raises(TrainingError, match="loss became nan at epoch 2") as err:
         train("dlrm", datasets / "ctr", tmp_path / "run", overrides=["train.batch_size=256"], quiet=True)
-    assert "last.pt (epoch 1)" in str(err.value)
-    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
-    assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    latest = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
+    assert f"checkpoints/{latest} (resume with --resume)" in str(err.value)
+    trainer = torch.load(tmp_path / "run" / "checkpoints" / latest / "trainer.pt", weights_only=True)
+    assert trainer["progress"]["epoch"] == 2 and trainer["step"] < calls["n"]  # written at the end of epoch 1
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["epoch"] == 1 and all(torch.isfinite(v).all() for v in best["state_dict"].values())
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 

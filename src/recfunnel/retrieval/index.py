@@ -16,7 +16,7 @@ reused (a replaced item gets a new one) and the index keeps raw id <-> internal 
 internal ids natively (IndexIDMap's ``remove_ids`` assumes the sub-index shifts its rows, which an
 IVF index does not). HNSW cannot remove vectors: deleted and replaced items become tombstones,
 left in the graph and kept out of results with an IDSelector. They cost memory and search time,
-and once many of them sit near the queries, recall (rebuild with ``build_index`` then).
+and recall once many sit near the queries: rebuild (``build_index``) when they pile up.
 
 ``search`` always returns ``k`` columns. A slot with no item (fewer than ``k`` live items, or an
 approximate search that found fewer) has score ``-inf`` and id ``-1`` (int ids) or ``None`` (str
@@ -42,7 +42,7 @@ from recfunnel.errors import ConfigError, DataError
 __all__ = ["VectorIndex", "KINDS", "METRICS", "as_ids", "check_vectors", "normalise"]
 
 METRICS = ("dot", "cosine")
-# kind -> its options and their defaults; None = chosen from the data (see _resolve_ivf)
+# kind -> its options and their defaults; None = chosen from the data (see _train_ivf)
 KINDS: dict[str, dict[str, int | None]] = {
     "exact": {},
     "ivf": {"nlist": None, "nprobe": None},
@@ -63,10 +63,10 @@ def as_ids(ids: Any, name: str = "ids") -> np.ndarray:
     if arr.dtype.kind == "U":
         return arr.astype(object)
     if arr.dtype.kind == "O":
-        for type_ in (str, int):
-            if all(isinstance(x, type_) and not isinstance(x, bool) for x in arr):
-                return arr if type_ is str else arr.astype(np.int64)
-        row = next(i for i, x in enumerate(arr) if not isinstance(x, (str, int)) or isinstance(x, bool))
+        for types in (str, (int, np.integer)):
+            if all(isinstance(x, types) and not isinstance(x, bool) for x in arr):
+                return arr if types is str else arr.astype(np.int64)
+        row = next(i for i, x in enumerate(arr) if not isinstance(x, (str, int, np.integer)) or isinstance(x, bool))
         raise DataError(f"{name}: expected integers or strings, got {type(arr[row]).__name__} at row {row}")
     raise DataError(f"{name}: expected integers or strings, got {arr.dtype}")
 

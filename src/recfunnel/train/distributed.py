@@ -146,15 +146,12 @@ def init_embeddings(model: nn.Module, seed: int) -> None:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # ShardedTensor, which torch says DTensor will replace
-        state = model.state_dict()
-    for key, value in state.items():
-        if ".embedding_bags." not in key or not key.endswith(".weight"):
-            continue
-        rows, dim = value.size() if isinstance(value, ShardedTensor) else value.shape
-        if isinstance(value, ShardedTensor):
-            pieces = [(s.tensor, *s.metadata.shard_offsets) for s in value.local_shards()]
-        else:
-            pieces = [(value, 0, 0)]
+        tables = [(key, value.size() if isinstance(value, ShardedTensor) else value.shape,
+                   [(s.tensor, *s.metadata.shard_offsets) for s in value.local_shards()]
+                   if isinstance(value, ShardedTensor) else [(value, 0, 0)])
+                  for key, value in model.state_dict().items()
+                  if ".embedding_bags." in key and key.endswith(".weight")]
+    for key, (rows, dim), pieces in tables:
         bound = math.sqrt(1.0 / rows)
         table = zlib.crc32(key.encode())
         for tensor, row0, col0 in pieces:

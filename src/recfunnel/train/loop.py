@@ -177,8 +177,8 @@ class _Loop:
                 self.log(point, p.step)
             if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0:
                 p.epoch_seconds += time.perf_counter() - start
-                start = time.perf_counter()
                 self.checkpoint(loader)
+                start = time.perf_counter()  # samples/s counts training steps, not checkpoint writes
             if self.done():
                 break
         bar.close()
