@@ -135,6 +135,15 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
     return _show(result, args.json, print_bench)
 
 
+def _cmd_bench_scale(args: argparse.Namespace) -> int:
+    from recfunnel.bench.scale import bench_scale, print_scale
+
+    result = bench_scale(args.dir, model=args.model, processes=tuple(args.processes),
+                         launchers=tuple(args.launcher or ["torchrun", "spark"]), global_batch=args.global_batch,
+                         repeats=args.repeats)
+    return _show(result, args.json, print_scale)
+
+
 def _cmd_bench_quality(args: argparse.Namespace) -> int:
     from recfunnel.bench.quality import bench_quality, print_quality
 
@@ -252,6 +261,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                     help="run only this protocol (repeatable; default all)")
     bp.add_argument("--json", action="store_true", help="print one JSON object")
     bp.set_defaults(func=_cmd_bench_quality)
+    bp = bench.add_parser("scale", help="training samples/s on 1 and N processes at the same global batch "
+                          "(torchrun and Spark TorchDistributor; whole `recfunnel train` runs, minutes)")
+    bp.add_argument("dir", help="a prepared dataset (e.g. from `recfunnel prepare synthetic`)")
+    bp.add_argument("--model", default="dlrm", help="model to train (default dlrm)")
+    bp.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts (default 1 2)")
+    bp.add_argument("--launcher", action="append", choices=["torchrun", "spark"],
+                    help="launcher of the multi-process runs (repeatable; default both)")
+    bp.add_argument("--global-batch", type=int, default=4096, help="rows per step, all processes (default 4096)")
+    bp.add_argument("--repeats", type=int, default=3, help="runs per variant; the median is reported")
+    bp.add_argument("--json", action="store_true", help="print one JSON object")
+    bp.set_defaults(func=_cmd_bench_scale)
     return parser
 
 

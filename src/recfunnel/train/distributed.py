@@ -125,8 +125,11 @@ def wrap(model: nn.Module, world: World, embedding_opt: OptimizerConfig, dense_o
                                            storage_reservation=FixedPercentageStorageReservation(0.15))
         plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     # alone, DDP's gradient buckets only copy: leave the dense part unwrapped
-    dmp = DistributedModelParallel(model, device=world.device, plan=plan, sharders=sharders,
-                                   init_data_parallel=world.world_size > 1)
+    with warnings.catch_warnings():
+        # TorchRec 1.8 passes DDP's `broadcast_buffers`, which torch now calls deprecated
+        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+        dmp = DistributedModelParallel(model, device=world.device, plan=plan, sharders=sharders,
+                                       init_data_parallel=world.world_size > 1)
     dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
                                   lambda params: dense_optimizer(dense_opt, list(params)))
     return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), plan

@@ -108,8 +108,12 @@ def log_results(tracker: Any, metrics: dict[str, Any], history: list[dict[str, A
         fig.savefig(plot_dir / f"{name}.png", dpi=100)
         tracker.log_figure(fig, f"plots/{name}.png")
     tracker.log_artifact(out / "metrics.json")
-    if config.tracking.log_checkpoints:
-        tracker.log_artifacts(out / "checkpoints", "checkpoints")
+    if config.tracking.log_checkpoints:  # the best weights and the newest resumable checkpoint
+        from recfunnel.train.checkpoint import latest_checkpoint
+
+        tracker.log_artifact(out / "checkpoints" / "best.pt", "checkpoints")
+        if (newest := latest_checkpoint(out / "checkpoints")) is not None:
+            tracker.log_artifacts(newest, f"checkpoints/{newest.name}")
     from recfunnel.train.pyfunc import example_request
 
     tracker.log_model(trained.folder, register_as=config.tracking.register_as, input_example=example_request(trained))
