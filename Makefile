@@ -28,6 +28,8 @@ bench: setup
 	$(VENV)/recfunnel bench data $(DEMO_DIR)/bench-synthetic
 	$(VENV)/recfunnel bench train
 	$(VENV)/recfunnel bench quality --work $(DEMO_DIR)/bench-quality
+	$(VENV)/recfunnel prepare synthetic --rows 300000 --out $(DEMO_DIR)/bench-scale --overwrite --quiet
+	$(VENV)/recfunnel bench scale $(DEMO_DIR)/bench-scale
 
 mlflow-ui: setup
 	$(VENV)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000

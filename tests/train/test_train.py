@@ -241,3 +241,20 @@ def test_launcher_options_are_dropped_from_the_command_each_process_runs():
 
     argv = ["train", "--model", "dlrm", "--launcher", "torchrun", "--nproc=4", "--set", "train.epochs=1"]
     assert without_launcher(argv) == ["train", "--model", "dlrm", "--set", "train.epochs=1"]
+
+
+def test_resume_mistakes_are_one_line_errors(cli, datasets, dlrm_run, tmp_path):
+    data = datasets / "ctr"
+    code, _, err = cli("train", "--model", "dlrm", "--data", data, "--out", tmp_path / "none", "--resume")
+    assert code != 0 and "no run to resume (no config.yaml)" in err and "Traceback" not in err
+    code, _, err = cli("train", "--model", "dlrm", "--data", data, "--out", dlrm_run, "--resume")
+    assert code != 0 and "the run has finished (metrics.json is written); nothing to resume" in err
+    code, _, err = cli("train", "--model", "dlrm", "--data", data, "--out", dlrm_run, "--resume", "--config", "x.yaml")
+    assert code != 0 and "--config cannot be combined with --resume" in err
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "config.yaml").write_text((dlrm_run / "config.yaml").read_text())
+    code, _, err = cli("train", "--model", "dcnv2", "--data", data, "--out", started, "--resume")
+    assert code != 0 and "trained 'dlrm', not 'dcnv2'" in err
+    code, _, err = cli("train", "--model", "dlrm", "--data", data, "--out", started, "--resume")
+    assert code != 0 and "checkpoints: no complete checkpoint to resume from" in err

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 
@@ -123,9 +124,11 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Any, world: World) 
         state = {"model": model.state_dict(), "optim": optimizer.state_dict()}
         try:
             dcp.load(state, checkpoint_id=str(path))
-        except (RuntimeError, ValueError, KeyError) as e:
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"{path}: does not fit this model and sharding ({first})") from None
+        except (CheckpointException, RuntimeError, ValueError, KeyError) as e:
+            # DCP wraps each rank's error with its traceback: the last line says what did not fit
+            lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+            why = lines[-1][:300] if lines else type(e).__name__
+            raise CheckpointError(f"{path}: does not fit this model and sharding ({why})") from None
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optim"])
     same_world = trainer["world_size"] == world.world_size
