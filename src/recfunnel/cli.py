@@ -111,6 +111,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.ranker or args.index or args.funnel:
+        from recfunnel.retrieval.evaluate_funnel import evaluate_funnel, print_funnel_evaluation
+        from recfunnel.retrieval.funnel import funnel_config
+
+        result = evaluate_funnel(args.run, ranker=args.ranker, index=args.index, split=args.split, data=args.data,
+                                 ks=args.k or [10, 20], config=funnel_config(args.config, args.set))
+        return _show(result, args.json, print_funnel_evaluation)
     from recfunnel.train.evaluate import evaluate_run
 
     evaluate_run(args.run, as_json=args.json, data=args.data)
@@ -186,6 +193,15 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="evaluate the run's saved model afresh on this dataset (same features) "
                    "instead of printing the metrics recorded at the end of training")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    funnel = p.add_argument_group("the funnel (two-tower --run): retrieval alone vs with ranking and re-ranking, "
+                                  "beside most-popular")
+    funnel.add_argument("--funnel", action="store_true", help="evaluate the funnel (implied by --ranker / --index)")
+    funnel.add_argument("--ranker", metavar="RANKER_RUN_DIR", help="a dlrm / dcnv2 / deepfm run on the same dataset")
+    funnel.add_argument("--index", metavar="INDEX_DIR", help="from `recfunnel index` (default: exact, in memory)")
+    funnel.add_argument("--split", default="test", help="split to evaluate on (default test)")
+    funnel.add_argument("--k", type=int, action="append", help="cut-off (repeatable; default 10 and 20)")
+    funnel.add_argument("--config", help="funnel YAML (candidates, rules, rerank, ...)")
+    funnel.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one funnel field")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("export-embeddings", help="user and item embeddings of a two-tower run, as Parquet")
@@ -194,6 +210,94 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_export_embeddings)
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from recfunnel.retrieval.funnel_index import build_and_save
+
+    params = dict(_key_value(item, "--param") for item in args.param)
+    report = build_and_save(args.run, args.out, kind=args.kind, data=args.data, overwrite=args.overwrite, **params)
+    if not args.quiet:
+        recall = (f", recall@{report.recall_k} vs exact search {report.recall:.4f} on {report.recall_queries} "
+                  f"queries" if report.recall is not None else "")
+        print(f"{args.out}: {report.kind} index of {report.count:,} items ({report.dim}-d, {report.metric}), built in "
+              f"{report.build_seconds:.2f} s{recall}")
+    return 0
+
+
+def _key_value(item: str, option: str) -> tuple[str, int]:
+    key, sep, value = item.partition("=")
+    try:
+        return key.strip(), int(value)
+    except ValueError:
+        raise RecfunnelError(f"{option} {item!r}: expected NAME=INTEGER, e.g. nprobe=32") from None
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from recfunnel.retrieval.batch import recommend_to_file
+    from recfunnel.retrieval.funnel import funnel_config
+
+    config = funnel_config(args.config, args.set)
+    summary = recommend_to_file(args.run, args.out, k=args.k, index=args.index, ranker=args.ranker,
+                                users=args.users, config=config, overwrite=args.overwrite, quiet=args.quiet,
+                                spark_master=args.spark_master if args.spark else None)
+    if not args.quiet:
+        print(summary)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from recfunnel.retrieval.funnel import funnel_config
+    from recfunnel.serve.server import serve
+
+    serve(args.run, index=args.index, ranker=args.ranker, host=args.host, port=args.port,
+          config=funnel_config(args.config, args.set))
+    return 0
+
+
+def _add_funnel_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="index a two-tower run's items for retrieval (exact, IVF or HNSW; faiss)",
+                       description="Build the item index of a two-tower run: item tower vectors under the training "
+                       "score's metric, each user's training items, item popularity. Approximate kinds report their "
+                       "recall against exact search.")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="a two-tower run")
+    p.add_argument("--out", required=True, metavar="INDEX_DIR")
+    p.add_argument("--kind", choices=["exact", "ivf", "hnsw"], default="exact", help="default exact")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="index parameter: nlist, nprobe (ivf); m, ef_construction, ef_search (hnsw)")
+    p.add_argument("--data", help="the run's dataset (default: the one its metrics.json names)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_index)
+
+    def funnel_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--run", required=True, metavar="RUN_DIR", help="a two-tower run (retrieval)")
+        p.add_argument("--ranker", metavar="RANKER_RUN_DIR", help="a dlrm / dcnv2 / deepfm run on the same dataset "
+                       "(ranks the retrieved candidates)")
+        p.add_argument("--index", metavar="INDEX_DIR", help="from `recfunnel index` (default: an exact index built "
+                       "in memory)")
+        p.add_argument("--config", help="funnel YAML: candidates, exclude_seen, rules, rank, rerank, mmr_lambda, ...")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one funnel field, e.g. --set candidates=300 (repeatable)")
+
+    p = sub.add_parser("recommend", help="top-k recommendations for every known user (or a list), as Parquet")
+    funnel_options(p)
+    p.add_argument("--k", type=int, default=100, help="items per user (default 100)")
+    p.add_argument("--out", required=True, metavar="FILE.parquet", help="user_id, rank, item_id, score")
+    p.add_argument("--users", metavar="FILE", help="users to recommend for: a CSV/Parquet file with a user_id "
+                   "column, or a text file with one id per line (default: every user of the run)")
+    p.add_argument("--spark", action="store_true", help="spread the users over Spark tasks (large user sets)")
+    p.add_argument("--spark-master", metavar="URL", help="with --spark: the master (default: the active session, "
+                   "else local[*])")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_recommend)
+
+    p = sub.add_parser("serve", help="serve recommendations over HTTP (FastAPI on uvicorn)")
+    funnel_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_cmd_serve)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -232,6 +336,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_validate)
 
     _add_train_parsers(sub)
+    _add_funnel_parsers(sub)
 
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench", required=True, metavar="WHAT")

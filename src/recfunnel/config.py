@@ -333,11 +333,12 @@ def default_config_text(model_kind: str) -> str:
     return resources.files("recfunnel").joinpath("configs", f"{model_kind}.yaml").read_text()
 
 
-def with_overrides(data: dict[str, Any], overrides: list[str]) -> RunConfig:
-    """A saved config's dict (``config.yaml`` of a run) with ``key=value`` overrides applied."""
+def with_overrides(data: dict[str, Any], overrides: list[str], cls: type = None) -> Any:
+    """A config dict (e.g. a run's ``config.yaml``) with ``key=value`` overrides applied, as ``cls``
+    (default :class:`RunConfig`)."""
     for item in overrides:
         data = _override(data, item)
-    return config_from_dict(RunConfig, data)
+    return config_from_dict(cls or RunConfig, data)
 
 
 def load_config(model_kind: str, file: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:

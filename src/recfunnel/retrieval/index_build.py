@@ -44,8 +44,8 @@ def build_index(ids: Any, vectors: Any, kind: str = "exact", metric: str = "dot"
                 **params: int | None) -> tuple[VectorIndex, BuildReport]:
     """An index of ``vectors`` float32 (n, dim) under raw ``ids`` (n,), and its build report.
 
-    Recall (approximate kinds only) is measured on ``queries`` if given, else on ``recall_sample``
-    item vectors drawn at random (``seed``): in a two-tower model users and items share one space,
+    Recall (approximate kinds only) is measured on ``recall_sample`` of ``queries`` if given, else of
+    the item vectors, drawn at random (``seed``): in a two-tower model users and items share one space,
     so items are a fair stand-in for user queries when none are at hand.
     """
     ids = as_ids(ids)
@@ -56,10 +56,9 @@ def build_index(ids: Any, vectors: Any, kind: str = "exact", metric: str = "dot"
     seconds = time.perf_counter() - start
     found, asked = None, 0
     if kind != "exact":
-        if queries is None:
-            rows = np.random.default_rng(seed).choice(len(vectors), min(recall_sample, len(vectors)), replace=False)
-            queries = vectors[np.sort(rows)]
-        queries = check_vectors(queries, vectors.shape[1], "queries")
+        pool = vectors if queries is None else check_vectors(queries, vectors.shape[1], "queries")
+        rows = np.random.default_rng(seed).choice(len(pool), min(recall_sample, len(pool)), replace=False)
+        queries = pool[np.sort(rows)]
         found, asked = recall_against_exact(index, (ids, vectors), queries, recall_k), len(queries)
     return index, BuildReport(kind=kind, metric=metric, count=len(index), dim=index.dim,
                               build_seconds=round(seconds, 3), recall=found, recall_k=recall_k,

@@ -113,13 +113,13 @@ def resume_config(model_kind: str, out: str | Path, config_file: str | Path | No
         raise RecfunnelError(f"{out}: the run has finished ({METRICS} is written); nothing to resume")
     if not (out / "config.yaml").is_file():
         raise RecfunnelError(f"{out}: no run to resume (no config.yaml); start it without --resume")
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    if saved.get("model_kind") != model_kind:
+        raise ConfigError(f"--model: the run in {out} trained {saved.get('model_kind')!r}, not {model_kind!r}")
     found = latest_checkpoint(out / "checkpoints")
     if found is None:
         raise RecfunnelError(f"{out}/checkpoints: no complete checkpoint to resume from; start the run again "
                              f"without --resume (with --overwrite)")
-    saved = yaml.safe_load((out / "config.yaml").read_text())
-    if saved.get("model_kind") != model_kind:
-        raise ConfigError(f"--model: the run in {out} trained {saved.get('model_kind')!r}, not {model_kind!r}")
     return with_overrides(saved, overrides), found
 
 
