@@ -146,6 +146,8 @@ class TrainConfig:
     window_blocks: int = 8  # blocks of rows shuffled together by the loader (memory: window_blocks * block rows)
     checkpoint_every: int = 1000  # steps between resumable checkpoints (also one at each epoch end); 0 = epoch ends only
     keep_checkpoints: int = 2  # newest resumable checkpoints kept
+    sampled_negatives: int = 0  # rankers on interaction data: random items per row as label-0 rows (train and eval)
+    negative_sampling: str = "uniform"  # uniform | popularity (items drawn by count^0.75)
 
     def validate(self) -> None:
         _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
@@ -161,6 +163,9 @@ class TrainConfig:
         _check(self.window_blocks >= 1, "train.window_blocks", "an integer >= 1", self.window_blocks)
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "an integer >= 0", self.checkpoint_every)
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
+        _check(self.sampled_negatives >= 0, "train.sampled_negatives", "an integer >= 0", self.sampled_negatives)
+        _check(self.negative_sampling in ("uniform", "popularity"), "train.negative_sampling", "uniform or popularity",
+               self.negative_sampling)
 
 
 @dataclass

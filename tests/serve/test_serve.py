@@ -251,7 +251,7 @@ def test_a_missing_run_folder_is_a_one_line_error(cli, tmp_path):
 
 
 def test_an_internal_error_is_a_one_line_500_and_is_counted(runs, monkeypatch, caplog):
-    from fastapi.testclient import TestClient
+    import asyncio
 
     from recfunnel.retrieval.funnel import Funnel
     from recfunnel.serve.app import create_app
@@ -263,13 +263,19 @@ def test_an_internal_error_is_a_one_line_500_and_is_counted(runs, monkeypatch, c
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(funnel, "recommend", broken)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        response = test_client.post("/recommend", json={"user_id": 1})
-        assert response.status_code == 500
-        assert response.json() == {"error": "internal error (RuntimeError); the server log has the details"}
-        assert test_client.post("/recommend", json={"user_id": 1, "k": 21}).json()["error"] == \
-            "k: must be between 1 and 20, got 21"
-        assert app.state.metrics.requests("/recommend", 500) == 1
+
+    async def ask() -> tuple[httpx.Response, httpx.Response]:
+        # httpx's ASGI transport rather than Starlette's TestClient, which warns about httpx
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as test_client:
+            return (await test_client.post("/recommend", json={"user_id": 1}),
+                    await test_client.post("/recommend", json={"user_id": 1, "k": 21}))
+
+    failed, too_many = asyncio.run(ask())
+    assert failed.status_code == 500
+    assert failed.json() == {"error": "internal error (RuntimeError); the server log has the details"}
+    assert too_many.json()["error"] == "k: must be between 1 and 20, got 21"
+    assert app.state.metrics.requests("/recommend", 500) == 1
     assert "secret internals" in caplog.text  # logged here, not sent
 
 

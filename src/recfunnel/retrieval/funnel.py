@@ -113,6 +113,7 @@ class Funnel:
         self.allowed = self._allowed_items()  # bool by item index: what the rules keep
         self._ruled_out = int(len(self.items) - self.allowed[self.items.index].sum())
         self.diversity = self._diversity_feature()
+        self._members: dict[str, np.ndarray] = {}
         order = np.argsort(-index.popularity, kind="stable")
         self.popular = order[(index.popularity[order] > 0) & self.allowed[order]]
 
@@ -248,10 +249,15 @@ class Funnel:
             logits = self.ranker.model(dense, kjt)
         return torch.sigmoid(logits[:, 0]).float().numpy()
 
-    def _genre_sets(self, rows: np.ndarray) -> list[np.ndarray]:
-        lengths, values = self.items.multi[self.diversity]
-        starts = np.concatenate([[0], np.cumsum(lengths)])
-        return [values[starts[r]:starts[r + 1]] if r >= 0 else np.zeros(0, np.int64) for r in rows]
+    def _genre_sets(self, rows: np.ndarray) -> np.ndarray:
+        """0/1 float32 (len(rows), values): the diversity feature's values of catalogue rows (-1: none)."""
+        members = self._members.get(self.diversity)
+        if members is None:  # built once per feature: (items + 1, cardinality), the last row empty
+            lengths, values = self.items.multi[self.diversity]
+            members = np.zeros((len(self.items) + 1, self.manifest.feature(self.diversity).cardinality), np.float32)
+            members[np.repeat(np.arange(len(self.items)), lengths), values] = 1.0
+            self._members[self.diversity] = members
+        return members[rows]  # row -1 is the empty last row
 
     def _raw(self, item_index: np.ndarray, scores: np.ndarray) -> list[tuple[Any, float]]:
         rows = self.items.positions_of(item_index)

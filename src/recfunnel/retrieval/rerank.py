@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["mmr", "jaccard"]
+__all__ = ["mmr", "jaccard", "jaccard_of_members"]
 
 
 def jaccard(attributes: list[np.ndarray]) -> np.ndarray:
@@ -20,19 +20,25 @@ def jaccard(attributes: list[np.ndarray]) -> np.ndarray:
     _, columns = np.unique(values, return_inverse=True)
     member = np.zeros((n, int(columns.max()) + 1 if len(columns) else 1), np.float32)
     member[np.repeat(np.arange(n), lengths), columns] = 1.0  # duplicates within a set count once
+    return jaccard_of_members(member)
+
+
+def jaccard_of_members(member: np.ndarray) -> np.ndarray:
+    """Jaccard similarity of rows of a 0/1 membership matrix (n, values)."""
     sizes = member.sum(1)
     inter = member @ member.T
     union = sizes[:, None] + sizes[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def mmr(scores: np.ndarray, attributes: list[np.ndarray], k: int, lam: float) -> np.ndarray:
-    """Positions of the ``k`` candidates MMR picks, in pick order."""
+def mmr(scores: np.ndarray, attributes: list[np.ndarray] | np.ndarray, k: int, lam: float) -> np.ndarray:
+    """Positions of the ``k`` candidates MMR picks, in pick order. ``attributes``: each candidate's
+    values, or their 0/1 membership matrix (n, values)."""
     n = len(scores)
     k = min(k, n)
     span = float(scores.max() - scores.min()) if n else 0.0
     relevance = (scores - scores.min()) / span if span > 0 else np.ones(n)
-    similarity = jaccard(attributes)
+    similarity = jaccard_of_members(attributes) if isinstance(attributes, np.ndarray) else jaccard(attributes)
     chosen = np.empty(k, np.int64)
     max_sim = np.zeros(n)
     value = lam * relevance

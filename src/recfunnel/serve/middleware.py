@@ -18,12 +18,17 @@ from recfunnel.serve.metrics import Metrics
 __all__ = ["BodyLimit", "RequestMetrics"]
 
 _WITH_BODY = ("POST", "PUT", "PATCH")
+DRAIN_BYTES = 1 << 20
 
 
 class BodyLimit:
-    """Reads a request's body before the app does: at most ``max_bytes`` (413 beyond, whether the
-    client declared a ``Content-Length`` or streams it chunked; the rest is never read) and only
-    JSON (415 for a non-empty body of another content type). The app gets the body replayed."""
+    """Reads a request's body before the app does: at most ``max_bytes`` kept (413 beyond, whether
+    the client declared a ``Content-Length`` or streams it chunked) and only JSON (415 for a
+    non-empty body of another content type). The app gets the body replayed.
+
+    A refused body's rest is read and dropped, up to ``DRAIN_BYTES``, before the 413 goes out:
+    closing a connection with unread bytes makes the kernel reset it, and the client may then lose
+    the answer. A body declared larger than that is refused without reading a byte."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -37,6 +42,8 @@ class BodyLimit:
             if not declared.isdigit():
                 return await _reply(scope, receive, send, 400, f"Content-Length: not a byte count: {declared!r}")
             if int(declared) > self.max_bytes:
+                if int(declared) <= DRAIN_BYTES and not await _drain(receive):
+                    return
                 return await _reply(scope, receive, send, 413, f"body is {int(declared):,} bytes; the limit is "
                                     f"{self.max_bytes:,}")
         body = bytearray()
@@ -46,13 +53,27 @@ class BodyLimit:
             if message["type"] == "http.disconnect":
                 return  # the client went away: nobody to answer
             body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                return await _reply(scope, receive, send, 413, f"body is over the limit of {self.max_bytes:,} bytes")
             more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                if more and not await _drain(receive):
+                    return
+                return await _reply(scope, receive, send, 413, f"body is over the limit of {self.max_bytes:,} bytes")
         if body and not _is_json(headers.get("content-type")):
             return await _reply(scope, receive, send, 415, f"Content-Type: expected application/json, got "
                                 f"{headers.get('content-type') or 'none'}")
         await self.app(scope, _replay(bytes(body), receive), send)
+
+
+async def _drain(receive: Receive) -> bool:
+    """Read and drop the rest of a body, up to DRAIN_BYTES; False if the client went away."""
+    dropped, more = 0, True
+    while more and dropped <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return False
+        dropped += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    return True
 
 
 def _is_json(content_type: str | None) -> bool:

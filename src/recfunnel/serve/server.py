@@ -97,7 +97,9 @@ def _bind(host: str, port: int) -> socket.socket:
     """A listening-ready socket on ``host:port`` (port 0: any free one), bound before uvicorn starts
     so that the printed URL is the real one."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP said explicitly: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets
+    # whose proto says TCP, and proto 0 left it on: ~40 ms per answer (delayed ACKs) on loopback
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

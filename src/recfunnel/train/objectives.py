@@ -49,16 +49,35 @@ class RankingObjective:
         self.config = config
         self.data = str(data)
         self.predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # the last, by split
+        self.negatives = None
+        if config.train.sampled_negatives:
+            from recfunnel.train.negatives import NegativeSampler
+
+            self.negatives = NegativeSampler(manifest, data, config.train.sampled_negatives,
+                                             config.train.seed + 7919 * (dist.get_rank() if dist.is_initialized() else 0),
+                                             by=config.train.negative_sampling)
 
     def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        if self.negatives is not None:
+            batch = self.negatives(batch.to(torch.device("cpu"))).to(batch.dense.device)
         return self.task.losses(model(batch.dense, batch.sparse), batch.labels, batch.weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"negatives": self.negatives.generator.get_state()} if self.negatives is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.negatives is not None and "negatives" in state:
+            self.negatives.generator.set_state(state["negatives"])
 
     @torch.no_grad()
     def predict(self, model: nn.Module, split: str, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(logits (n, outputs), labels (n, L), weights (n,)) of a whole split, all ranks together."""
         logits, labels, weights = [], [], []
         with StreamingBatchLoader(self.data, split, batch_size=self.config.eval.batch_size, shuffle=False) as loader:
+            generator = self.negatives.eval_generator(split) if self.negatives is not None else None
             for batch in loader:
+                if self.negatives is not None:
+                    batch = self.negatives(batch, generator)
                 batch = batch.to(device)
                 logits.append(model(batch.dense, batch.sparse).float().cpu().numpy())
                 labels.append(batch.labels.cpu().numpy())

@@ -40,6 +40,16 @@ def check_compatible(config: RunConfig, data: str | Path) -> None:
         if manifest.kind != "interactions":
             raise ConfigError(f"{data}: two-tower needs a user-item interactions dataset, this one is "
                               f"{manifest.kind!r}; train a ranker (dlrm, dcnv2, deepfm) on it instead")
+    if config.train.sampled_negatives:
+        if config.is_retrieval:
+            raise ConfigError("train.sampled_negatives: for rankers; a two-tower model samples its own "
+                              "(retrieval.extra_negatives)")
+        if manifest.kind != "interactions":
+            raise ConfigError(f"train.sampled_negatives: needs a user-item interactions dataset, {data} is "
+                              f"{manifest.kind!r}")
+        if any(h.kind != "binary" for h in config.model.heads):
+            raise ConfigError("train.sampled_negatives: only binary heads can take sampled negatives (label 0); "
+                              f"the model has {[f'{h.label}: {h.kind}' for h in config.model.heads]}")
     build_model(config, manifest, device="meta")  # raises on unknown features
     if not config.is_retrieval:
         from recfunnel.train.tasks import RankingTask
@@ -202,7 +212,9 @@ def _finish(config, manifest, data, out, objective, result, world, tracker, metr
             evaluated[split] = objective.evaluate(trained.model, split, torch.device("cpu"))
     eval_seconds = time.perf_counter() - start
     baselines: dict[str, Any] = {}
-    if config.eval.baselines:
+    # logistic regression sees the split's rows as they are; the model's metrics with sampled
+    # negatives are on other rows, so the two would not compare
+    if config.eval.baselines and (config.is_retrieval or not config.train.sampled_negatives):
         from recfunnel.train.compare import ranking_baselines, retrieval_baselines
 
         if config.is_retrieval:
