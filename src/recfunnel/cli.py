@@ -115,8 +115,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from recfunnel.retrieval.evaluate_funnel import evaluate_funnel, print_funnel_evaluation
         from recfunnel.retrieval.funnel import funnel_config
 
+        config = funnel_config(args.config, args.set)
         result = evaluate_funnel(args.run, ranker=args.ranker, index=args.index, split=args.split, data=args.data,
-                                 ks=args.k or [10, 20], config=funnel_config(args.config, args.set))
+                                 ks=args.k or [10, 20], config=config)
+        if args.mlflow:
+            from recfunnel.retrieval.evaluate_funnel import log_funnel_evaluation
+
+            result["mlflow_run_id"] = log_funnel_evaluation(result, args.run, args.ranker, args.index, config)
         return _show(result, args.json, print_funnel_evaluation)
     from recfunnel.train.evaluate import evaluate_run
 
@@ -149,6 +154,14 @@ def _cmd_bench_scale(args: argparse.Namespace) -> int:
                          launchers=tuple(args.launcher or ["torchrun", "spark"]), global_batch=args.global_batch,
                          repeats=args.repeats)
     return _show(result, args.json, print_scale)
+
+
+def _cmd_bench_index(args: argparse.Namespace) -> int:
+    from recfunnel.bench.index import bench_index, print_index
+
+    rows = bench_index(n=args.n, dim=args.dim, queries=args.queries, k=args.k, kinds=tuple(args.kind or
+                       ["exact", "ivf", "hnsw"]), repeats=args.repeats)
+    return _show({"rows": rows}, args.json, print_index)
 
 
 def _cmd_bench_quality(args: argparse.Namespace) -> int:
@@ -202,6 +215,7 @@ def _add_train_parsers(sub: argparse._SubParsersAction) -> None:
     funnel.add_argument("--k", type=int, action="append", help="cut-off (repeatable; default 10 and 20)")
     funnel.add_argument("--config", help="funnel YAML (candidates, rules, rerank, ...)")
     funnel.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one funnel field")
+    funnel.add_argument("--mlflow", action="store_true", help="also log the evaluation as an MLflow run named funnel")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("export-embeddings", help="user and item embeddings of a two-tower run, as Parquet")
@@ -238,6 +252,16 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     from recfunnel.retrieval.funnel import funnel_config
 
     config = funnel_config(args.config, args.set)
+    if args.user:
+        from recfunnel.retrieval.batch import as_catalogue_ids
+        from recfunnel.retrieval.funnel import Funnel
+        from recfunnel.retrieval.show import show_recommendations
+
+        funnel = Funnel.load(args.run, index=args.index, ranker=args.ranker, config=config)
+        print(show_recommendations(funnel, as_catalogue_ids(funnel, args.user), k=args.k))
+        return 0
+    if not args.out:
+        raise RecfunnelError("recommend: give --out FILE.parquet (every user) or --user ID (print for people)")
     summary = recommend_to_file(args.run, args.out, k=args.k, index=args.index, ranker=args.ranker,
                                 users=args.users, config=config, overwrite=args.overwrite, quiet=args.quiet,
                                 spark_master=args.spark_master if args.spark else None)
@@ -283,7 +307,9 @@ def _add_funnel_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recommend", help="top-k recommendations for every known user (or a list), as Parquet")
     funnel_options(p)
     p.add_argument("--k", type=int, default=100, help="items per user (default 100)")
-    p.add_argument("--out", required=True, metavar="FILE.parquet", help="user_id, rank, item_id, score")
+    p.add_argument("--out", metavar="FILE.parquet", help="user_id, rank, item_id, score")
+    p.add_argument("--user", action="append", metavar="ID", help="print this user's recommendations with titles "
+                   "instead of writing --out (repeatable)")
     p.add_argument("--users", metavar="FILE", help="users to recommend for: a CSV/Parquet file with a user_id "
                    "column, or a text file with one id per line (default: every user of the run)")
     p.add_argument("--spark", action="store_true", help="spread the users over Spark tasks (large user sets)")
@@ -366,6 +392,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                     help="run only this protocol (repeatable; default all)")
     bp.add_argument("--json", action="store_true", help="print one JSON object")
     bp.set_defaults(func=_cmd_bench_quality)
+    bp = bench.add_parser("index", help="vector index build time, queries/s and recall vs exact search on "
+                          "synthetic clustered vectors (exact, IVF, HNSW)")
+    bp.add_argument("--n", type=int, default=1_000_000, help="vectors indexed (default 1,000,000)")
+    bp.add_argument("--dim", type=int, default=64)
+    bp.add_argument("--queries", type=int, default=1000)
+    bp.add_argument("--k", type=int, default=100)
+    bp.add_argument("--kind", action="append", choices=["exact", "ivf", "hnsw"], help="repeatable; default all")
+    bp.add_argument("--repeats", type=int, default=3, help="timed passes over the queries; the median is reported")
+    bp.add_argument("--json", action="store_true", help="print one JSON object")
+    bp.set_defaults(func=_cmd_bench_index)
     bp = bench.add_parser("scale", help="training samples/s on 1 and N processes at the same global batch "
                           "(torchrun and Spark TorchDistributor; whole `recfunnel train` runs, minutes)")
     bp.add_argument("dir", help="a prepared dataset (e.g. from `recfunnel prepare synthetic`)")

@@ -20,7 +20,7 @@ import numpy as np
 from recfunnel.retrieval.index import VectorIndex
 from recfunnel.retrieval.index_build import exact_search, recall
 
-__all__ = ["bench_index", "clustered_vectors", "DEFAULT_PARAMS", "DEFAULT_SWEEP"]
+__all__ = ["bench_index", "print_index", "clustered_vectors", "DEFAULT_PARAMS", "DEFAULT_SWEEP"]
 
 # HNSW at 1M x 64 on 2 cores: m 16 / ef_construction 40 keeps the build to a few minutes.
 DEFAULT_PARAMS: dict[str, dict[str, int]] = {"exact": {}, "ivf": {}, "hnsw": {"m": 16, "ef_construction": 40}}
@@ -87,3 +87,14 @@ def bench_index(n: int = 1_000_000, dim: int = 64, queries: int = 1000, k: int =
 def _settings(sweep: dict[str, tuple[int, ...]]) -> list[dict[str, int]]:
     """{"nprobe": (8, 16)} -> [{"nprobe": 8}, {"nprobe": 16}]; {} -> [{}] (one option at a time)."""
     return [{name: value} for name, values in sweep.items() for value in values] or [{}]
+
+
+def print_index(result: dict[str, Any]) -> None:
+    from recfunnel.report import table
+
+    rows = [[r["kind"], ", ".join(f"{k} {v}" for k, v in r["params"].items() if v is not None), r["build_s"],
+             r["queries_per_s"], r["recall_at_k"]] for r in result["rows"]]
+    first = result["rows"][0] if result["rows"] else {"n": 0, "dim": 0, "queries": 0, "k": 0, "threads": 0}
+    print(table(rows, ["index", "params", "build s", "queries/s", f"recall@{first['k']} vs exact"],
+                title=f"{first['n']:,} x {first['dim']} vectors (clustered), {first['queries']:,} queries, "
+                      f"{first['threads']} threads, median of the timed passes"))

@@ -11,7 +11,8 @@ generator, the server's socket, its worker pool) shows in it.
 Each rate gets ``warmup`` seconds of the same load first (not measured). Users are drawn at random
 from the run's known users. The server's own per-stage timings come back in each answer
 (``timings_ms``); their medians are reported beside the client's view. CPU seconds of the server
-(from /proc, Linux) and of the generator say how much of the machine each took: both share it.
+(from /proc, Linux), of the generator and of everything else on the machine say how much of it
+each took: the generator shares the machine with the server, and a shared machine is noisy.
 """
 
 from __future__ import annotations
@@ -81,11 +82,13 @@ async def _measure(server: ServerProcess, users: list[Any], rate: float, seconds
     async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as client:
         if warmup > 0:
             await _load(client, users, rate, warmup, k, concurrency, rng)
-        server_cpu, client_cpu = _cpu_seconds(server.process.pid), time.process_time()
+        server_cpu, client_cpu, busy = _cpu_seconds(server.process.pid), time.process_time(), _busy_seconds()
         result = await _load(client, users, rate, seconds, k, concurrency, rng)
         server_cpu = _cpu_seconds(server.process.pid) - server_cpu if server_cpu is not None else None
         client_cpu = time.process_time() - client_cpu
-    return _summary(result, rate, server_cpu, client_cpu)
+        busy = _busy_seconds() - busy if busy is not None else None
+    other = busy - server_cpu - client_cpu if busy is not None and server_cpu is not None else None
+    return _summary(result, rate, server_cpu, client_cpu, other)
 
 
 async def _load(client: httpx.AsyncClient, users: list[Any], rate: float, seconds: float, k: int, concurrency: int,
@@ -125,7 +128,8 @@ async def _load(client: httpx.AsyncClient, users: list[Any], rate: float, second
     return {"records": records, "elapsed": loop.time() - start, "scheduled": n, "dropped": dropped, "late": late}
 
 
-def _summary(result: dict[str, Any], rate: float, server_cpu: float | None, client_cpu: float) -> dict[str, Any]:
+def _summary(result: dict[str, Any], rate: float, server_cpu: float | None, client_cpu: float,
+             other_cpu: float | None) -> dict[str, Any]:
     records, elapsed = result["records"], result["elapsed"]
     ok = [r for r in records if r[1] == 200]
     latency = np.array([r[0] for r in ok]) * 1000
@@ -142,6 +146,7 @@ def _summary(result: dict[str, Any], rate: float, server_cpu: float | None, clie
             "max_ms": round(float(latency.max()), 2) if len(latency) else float("nan"),
             "server_cores": None if server_cpu is None else round(server_cpu / elapsed, 2),
             "client_cores": round(client_cpu / elapsed, 2),
+            "other_cores": None if other_cpu is None else round(max(0.0, other_cpu) / elapsed, 2),
             "server_stage_ms": {s: round(statistics.median(v), 3) for s, v in stages.items()}}
 
 
@@ -154,13 +159,24 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _busy_seconds() -> float | None:
+    """CPU seconds the whole machine spent busy so far, all cores (Linux /proc/stat; None elsewhere):
+    what other processes took from a shared machine during a measurement."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def print_serve(result: dict[str, Any]) -> None:
     runs = result["runs"]
     rows = [[r["rate"], r["requests_per_s"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["max_ms"], r["errors"],
-             r["dropped"], r["late"], r["server_cores"], r["client_cores"]] for r in runs]
+             r["dropped"], r["late"], r["server_cores"], r["client_cores"], r["other_cores"]] for r in runs]
     ranker = f" -> rank ({result['ranker']})" if result["ranker"] else ""
     print(table(rows, ["target req/s", "achieved req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "dropped",
-                       "late", "server cores", "client cores"],
+                       "late", "server cores", "client cores", "other cores"],
                 title=f"POST /recommend on loopback: retrieve {result['candidates']}{ranker} -> top {result['k']}; "
                       f"{result['seconds']:g} s per rate after {result['warmup']:g} s warm-up, open loop, at most "
                       f"{result['concurrency']} in flight, {result['users']:,} users, {result['cores']} cores"))

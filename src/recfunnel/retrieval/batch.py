@@ -26,7 +26,7 @@ from recfunnel.errors import DataError, RecfunnelError
 from recfunnel.retrieval.funnel import Funnel, FunnelConfig
 from recfunnel.retrieval.inputs import user_from_catalog
 
-__all__ = ["recommend_users", "recommend_to_file", "read_users"]
+__all__ = ["recommend_users", "recommend_to_file", "read_users", "as_catalogue_ids"]
 
 CHUNK = 256
 
@@ -47,7 +47,7 @@ def read_users(path: str | Path) -> list[Any]:
     return frame["user_id"].tolist()
 
 
-def _as_raw(funnel: Funnel, users: list[Any]) -> list[Any]:
+def as_catalogue_ids(funnel: Funnel, users: list[Any]) -> list[Any]:
     """Ids read from a text file are strings: match them to the catalogue's id type when it is numeric."""
     if users and isinstance(users[0], str) and np.issubdtype(funnel.users.raw_ids.dtype, np.number):
         out = []
@@ -63,8 +63,8 @@ def _as_raw(funnel: Funnel, users: list[Any]) -> list[Any]:
 def recommend_users(funnel: Funnel, users: list[Any] | None, k: int, show: bool = False
                     ) -> Iterator[pd.DataFrame]:
     """Frames of (user_id, rank, item_id, score), a chunk of users at a time."""
-    rows = np.arange(len(funnel.users)) if users is None else funnel.user_rows.get_indexer(_as_raw(funnel, users))
-    raw = funnel.users.raw_ids if users is None else np.asarray(_as_raw(funnel, users), dtype=object)
+    rows = np.arange(len(funnel.users)) if users is None else funnel.user_rows.get_indexer(as_catalogue_ids(funnel, users))
+    raw = funnel.users.raw_ids if users is None else np.asarray(as_catalogue_ids(funnel, users), dtype=object)
     tower = funnel.tower
     bar = tqdm(total=len(rows), desc="recommend", unit="user", disable=not show, leave=False, dynamic_ncols=True)
     for start in range(0, len(rows), CHUNK):

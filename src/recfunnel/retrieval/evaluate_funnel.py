@@ -27,7 +27,7 @@ from recfunnel.retrieval.funnel import Funnel, FunnelConfig
 from recfunnel.retrieval.funnel_index import run_data
 from recfunnel.train.summary import metric_header
 
-__all__ = ["evaluate_funnel", "print_funnel_evaluation"]
+__all__ = ["evaluate_funnel", "print_funnel_evaluation", "log_funnel_evaluation"]
 
 
 def _lists(funnel: Funnel, users: np.ndarray, k: int) -> dict[int, np.ndarray]:
@@ -102,3 +102,30 @@ def print_funnel_evaluation(result: dict[str, Any]) -> None:
     print(table(rows, ["funnel"] + [metric_header(c) for c in cols] + ["seconds"],
                 title=f"{result['split']} split, {result['users']:,} users, top {result['k']} from "
                       f"{result['candidates']} candidates"))
+
+
+def log_funnel_evaluation(result: dict[str, Any], run: str | Path, ranker: str | Path | None,
+                          index: str | Path | None, config: FunnelConfig) -> str:
+    """The evaluation as an MLflow run named ``funnel`` beside the training runs; returns its id."""
+    import dataclasses
+    import json
+    import tempfile
+
+    from recfunnel.config import TrackingConfig
+    from recfunnel.train.tracking import Tracker
+
+    def run_id(folder: str | Path | None) -> str:
+        record = Path(folder) / "mlflow.json" if folder else None
+        return json.loads(record.read_text())["run_id"] if record and record.is_file() else ""
+
+    with tempfile.TemporaryDirectory() as scratch, \
+            Tracker.start(TrackingConfig(run_name="funnel"), run_dir=Path(scratch), quiet=True) as tracker:
+        tracker.log_params({"funnel": dataclasses.asdict(config), "retriever_run": str(run),
+                            "ranker_run": str(ranker or ""), "index": str(index or "exact, in memory"),
+                            "split": result["split"]})
+        tracker.set_tags({"recfunnel.model": "funnel", "recfunnel.retriever_mlflow_run": run_id(run),
+                          "recfunnel.ranker_mlflow_run": run_id(ranker)})
+        tracker.log_metrics({f"{variant.replace('+', '_plus_')}_{name}": value
+                             for variant, metrics in result["variants"].items()
+                             for name, value in metrics.items() if name not in ("users", "pairs")})
+        return tracker.run_id

@@ -35,7 +35,7 @@ META = "index.json"
 
 @dataclass
 class FunnelIndex:
-    vectors: VectorIndex  # raw item ids -> item tower vectors
+    vectors: VectorIndex  # raw item ids -> item tower vectors (any VectorSearch will do)
     seen_indptr: np.ndarray  # int64 (users + 1,) by user index
     seen_items: np.ndarray  # int64: item indices
     popularity: np.ndarray  # float64 (item cardinality,)

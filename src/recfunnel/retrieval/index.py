@@ -22,8 +22,12 @@ and recall once many sit near the queries: rebuild (``build_index``) when they p
 approximate search that found fewer) has score ``-inf`` and id ``-1`` (int ids) or ``None`` (str
 ids); test for it with ``np.isneginf(scores)``.
 
-Threads: faiss runs its own OpenMP pool (``OMP_NUM_THREADS``, else every core); it is left at that
-default, as torch's pool and faiss's do not run at the same time in the funnel.
+Threads: faiss runs its own OpenMP pool (``OMP_NUM_THREADS``, else every core) for batches of
+queries; fewer than FEW_QUERIES queries (an online request) search on one thread.
+
+External vector databases: the funnel only calls ``search(queries, k)`` and ``len()`` (the
+:class:`VectorSearch` protocol), so an adapter over Databricks Vector Search, Qdrant, pgvector or
+the like can stand in for the embedded index (see the README's "Vector index" section).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import json
 import math
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 import faiss
 import numpy as np
@@ -40,7 +44,7 @@ import numpy as np
 from recfunnel.data.shards import atomic_output_dir
 from recfunnel.errors import ConfigError, DataError
 
-__all__ = ["VectorIndex", "KINDS", "METRICS", "as_ids", "check_vectors", "normalise"]
+__all__ = ["VectorIndex", "VectorSearch", "KINDS", "METRICS", "as_ids", "check_vectors", "normalise"]
 
 METRICS = ("dot", "cosine")
 # kind -> its options and their defaults; None = chosen from the data (see _train_ivf)
@@ -95,6 +99,16 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero, scoring 0 against everything)."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32)
+
+
+@runtime_checkable
+class VectorSearch(Protocol):
+    """What the funnel needs of an index: top-``k`` (scores float32 (Q, k), raw ids (Q, k)) of
+    float32 queries (Q, dim), best first, padded with -inf / -1; and how many items it holds."""
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def __len__(self) -> int: ...
 
 
 class VectorIndex:
