@@ -264,7 +264,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         raise RecfunnelError("recommend: give --out FILE.parquet (every user) or --user ID (print for people)")
     summary = recommend_to_file(args.run, args.out, k=args.k, index=args.index, ranker=args.ranker,
                                 users=args.users, config=config, overwrite=args.overwrite, quiet=args.quiet,
-                                spark_master=args.spark_master if args.spark else None)
+                                spark_master=(args.spark_master or "") if args.spark else None)
     if not args.quiet:
         print(summary)
     return 0

@@ -180,3 +180,16 @@ def test_evaluate_compares_retrieval_alone_with_ranking(cli, runs):
 def test_funnel_index_round_trip(runs, funnel):
     again = FunnelIndex.load(runs / "index")
     assert np.array_equal(again.seen_items, funnel.index.seen_items) and again.meta["kind"] == "exact"
+
+
+@pytest.mark.slow
+def test_recommend_over_spark_gives_the_same_lists(cli, runs, tmp_path):
+    args = ["--run", runs / "tt", "--ranker", runs / "dlrm", "--index", runs / "index", "--k", 5]
+    assert cli("recommend", *args, "--out", tmp_path / "local.parquet", "--quiet")[0] == 0
+    code, _, err = cli("recommend", *args, "--out", tmp_path / "spark.parquet", "--quiet", "--spark",
+                       "--spark-master", "local[2]")
+    assert code == 0, err
+    local = pd.read_parquet(tmp_path / "local.parquet").sort_values(["user_id", "rank"]).reset_index(drop=True)
+    spark = pd.read_parquet(tmp_path / "spark.parquet").sort_values(["user_id", "rank"]).reset_index(drop=True)
+    assert local[["user_id", "rank", "item_id"]].equals(spark[["user_id", "rank", "item_id"]])
+    assert np.allclose(local["score"], spark["score"], atol=1e-5)

@@ -16,7 +16,7 @@ FAST = ["--set", "train.epochs=1", "--set", "train.batch_size=256", "--set", "tr
 MAX_K = 1000
 LIMIT = 64 * 1024
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # every test of a real server (the module's fixtures train two models)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,7 @@ def recommend(client, **body):
 # --- what the service answers ----------------------------------------------------------------
 
 
+@slow
 def test_a_known_user_gets_k_ranked_items_and_stage_timings(client, known):
     response = recommend(client, user_id=known["users"][0], k=5)
     assert response.status_code == 200, response.text
@@ -75,11 +76,13 @@ def test_a_known_user_gets_k_ranked_items_and_stage_timings(client, known):
     assert all(ms >= 0 for ms in body["timings_ms"].values())
 
 
+@slow
 def test_the_same_request_gets_the_same_answer(client, known):
     first, second = (recommend(client, user_id=known["users"][1], k=8).json() for _ in range(2))
     assert first["items"] == second["items"]
 
 
+@slow
 def test_excluded_items_are_left_out(client, known):
     user = known["users"][2]
     before = [item["item_id"] for item in recommend(client, user_id=user, k=10).json()["items"]]
@@ -89,12 +92,14 @@ def test_excluded_items_are_left_out(client, known):
     assert not set(after) & set(before[:3])
 
 
+@slow
 def test_unknown_exclude_ids_are_a_warning_not_an_error(client, known):
     response = recommend(client, user_id=known["users"][0], k=3, exclude=["no-such-item", 10 ** 9])
     assert response.status_code == 200
     assert any("no-such-item" in w for w in response.json()["warnings"])
 
 
+@slow
 def test_an_unknown_user_with_features_is_embedded_from_them(client):
     response = recommend(client, user_id="newcomer", k=4, features={"segment": 1})
     body = response.json()
@@ -104,6 +109,7 @@ def test_an_unknown_user_with_features_is_embedded_from_them(client):
     assert anonymous["source"] == "features" and anonymous["items"] == body["items"]
 
 
+@slow
 def test_an_unknown_user_without_features_gets_popular_items(client):
     body = recommend(client, user_id=None, k=6).json()
     assert body["source"] == "popular" and len(body["items"]) == 6
@@ -112,6 +118,7 @@ def test_an_unknown_user_without_features_gets_popular_items(client):
     assert recommend(client, user_id=-12345, k=6).json()["items"] == body["items"]
 
 
+@slow
 def test_similar_items_of_a_known_item_and_404_for_an_unknown_one(client, known):
     item = known["items"][0]
     response = client.get(f"/similar-items/{item}", params={"k": 5})
@@ -122,11 +129,13 @@ def test_similar_items_of_a_known_item_and_404_for_an_unknown_one(client, known)
     assert missing.status_code == 404 and "no-such-item" in missing.json()["error"]
 
 
+@slow
 def test_health_says_what_is_loaded(client, known):
     assert client.get("/health").json() == {"status": "ok", "items": len(known["items"]), "ranker": True,
                                             "index": "exact"}
 
 
+@slow
 def test_metrics_count_requests_by_route_and_status(client, known):
     def count(text: str, route: str, status: int) -> float:
         prefix = f'recfunnel_http_requests_total{{route="{route}",method="POST",status="{status}"}} '
@@ -143,6 +152,20 @@ def test_metrics_count_requests_by_route_and_status(client, known):
     assert 'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="+Inf"}' in after
     assert 'recfunnel_http_request_latency_seconds{route="/recommend",quantile="0.99"}' in after
     assert 'recfunnel_funnel_stage_seconds_count{stage="rank"}' in after
+
+
+@slow
+def test_answers_are_not_held_back_by_nagle(client):
+    """The server's socket has TCP_NODELAY: without it every answer waited ~40 ms for a delayed ACK."""
+    import statistics
+    import time
+
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        client.get("/health")
+        times.append(time.perf_counter() - start)
+    assert statistics.median(times) < 0.025
 
 
 # --- every 4xx -------------------------------------------------------------------------------
@@ -171,6 +194,7 @@ BAD_BODIES = {
 }
 
 
+@slow
 @pytest.mark.parametrize("case", BAD_BODIES, ids=list(BAD_BODIES))
 def test_a_bad_body_gets_a_4xx_naming_the_problem(client, case):
     body, status, message = BAD_BODIES[case]
@@ -180,12 +204,14 @@ def test_a_bad_body_gets_a_4xx_naming_the_problem(client, case):
     assert message in error and "\n" not in error and "Traceback" not in error
 
 
+@slow
 def test_a_body_that_is_not_json_gets_415(client):
     response = client.post("/recommend", content="user_id=1", headers={"content-type": "text/plain"})
     assert response.status_code == 415 and "application/json" in response.json()["error"]
     assert client.post("/recommend", data={"user_id": "1"}).status_code == 415  # a form
 
 
+@slow
 def test_an_oversize_body_gets_413_by_its_content_length(client):
     body = json.dumps({"user_id": 1, "exclude": ["x" * 20] * 4000}).encode()
     assert len(body) > LIMIT
@@ -193,6 +219,7 @@ def test_an_oversize_body_gets_413_by_its_content_length(client):
     assert response.status_code == 413 and "65,536" in response.json()["error"]
 
 
+@slow
 def test_an_oversize_chunked_body_gets_413_as_it_streams(client):
     def chunks():
         yield b'{"user_id": 1, "exclude": ['
@@ -205,10 +232,12 @@ def test_an_oversize_chunked_body_gets_413_as_it_streams(client):
     assert response.status_code == 413 and "65,536" in response.json()["error"]
 
 
+@slow
 def test_the_server_still_answers_after_refusing_bodies(client, known):
     assert recommend(client, user_id=known["users"][0], k=1).status_code == 200
 
 
+@slow
 @pytest.mark.parametrize("path, status, message", [
     ("/similar-items/1?k=0", 422, f"k: must be between 1 and {MAX_K}, got 0"),
     ("/similar-items/1?k=5000", 422, f"k: must be between 1 and {MAX_K}, got 5000"),
@@ -224,6 +253,7 @@ def test_a_bad_get_gets_a_4xx_naming_the_problem(client, path, status, message):
 # --- models from MLflow ----------------------------------------------------------------------
 
 
+@slow
 def test_models_load_from_mlflow_uris_and_answer_the_same(runs, client, known):
     run_id = json.loads((runs / "two-tower" / "mlflow.json").read_text())["run_id"]
     ranker_uri = json.loads((runs / "dlrm" / "mlflow.json").read_text())["model_uri"]  # models:/m-...
@@ -236,6 +266,7 @@ def test_models_load_from_mlflow_uris_and_answer_the_same(runs, client, known):
     assert server.stop() == 0  # SIGTERM: a clean exit
 
 
+@slow
 def test_an_mlflow_run_without_an_index_is_a_one_line_error(cli, runs):
     run_id = json.loads((runs / "two-tower" / "mlflow.json").read_text())["run_id"]
     code, out, err = cli("serve", "--run", f"runs:/{run_id}/model", "--port", "0")
@@ -247,31 +278,81 @@ def test_a_missing_run_folder_is_a_one_line_error(cli, tmp_path):
     assert code == 2 and "nowhere" in err and len(err.strip().splitlines()) == 1
 
 
-# --- the app in-process: failures that a real model does not produce on demand ---------------
+# --- the app in-process, on a stand-in funnel: quick, and failures a real model does not make --
 
 
-def test_an_internal_error_is_a_one_line_500_and_is_counted(runs, monkeypatch, caplog):
+class _Vectors:
+    kind = "exact"
+
+    def __len__(self) -> int:
+        return 5
+
+
+class StubFunnel:
+    """What the app uses of a Funnel: items 1..5, one known user (7), one user feature (segment)."""
+
+    def __init__(self):
+        import numpy as np
+        from types import SimpleNamespace
+
+        self.users, self.items = SimpleNamespace(raw_ids=np.array([7])), SimpleNamespace(raw_ids=np.arange(1, 6))
+        self.index, self.ranker = SimpleNamespace(vectors=_Vectors()), None
+        self.manifest = SimpleNamespace(roles={"user_features": ["segment"]}, dense=[],
+                                        feature=lambda name: SimpleNamespace(multi_hot=False))
+
+    def recommend(self, user_id=None, k=10, exclude=(), features=None):
+        from recfunnel.retrieval.funnel import Recommendation
+
+        items = [(i, 1 / i) for i in range(1, 6) if i not in exclude][:k]
+        return Recommendation(items, {"retrieve": 0.1}, "user" if user_id == 7 else "popular", [])
+
+    def similar_items(self, item_id, k=10):
+        if item_id not in range(1, 6):
+            raise KeyError(item_id)
+        return [(i, 0.5) for i in range(1, 6) if i != item_id][:k]
+
+
+def ask(app, *requests: tuple[str, str, dict | None]) -> list[httpx.Response]:
+    """Requests (method, path, JSON body) to ``app`` in-process, through httpx's ASGI transport
+    (Starlette's TestClient warns that it will stop taking httpx)."""
     import asyncio
 
-    from recfunnel.retrieval.funnel import Funnel
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as test_client:
+            return [await test_client.request(method, path, json=body) for method, path, body in requests]
+
+    return asyncio.run(run())
+
+
+def test_the_stub_app_answers_like_the_real_one_and_k_defaults_to_at_most_max_k():
     from recfunnel.serve.app import create_app
 
-    funnel = Funnel.load(runs / "two-tower", index=runs / "index")
+    app = create_app(StubFunnel(), max_k=3)
+    known, similar, missing, health = ask(app, ("POST", "/recommend", {"user_id": 7, "exclude": [1]}),
+                                          ("GET", "/similar-items/2", None), ("GET", "/similar-items/9", None),
+                                          ("GET", "/health", None))
+    assert known.json()["items"] == [{"item_id": 2, "score": 0.5, "rank": 1},
+                                     {"item_id": 3, "score": 1 / 3, "rank": 2},
+                                     {"item_id": 4, "score": 0.25, "rank": 3}]
+    assert set(known.json()["timings_ms"]) == {"retrieve", "queue", "total"}
+    assert [i["item_id"] for i in similar.json()["items"]] == [1, 3, 4] and similar.json()["item_id"] == 2
+    assert missing.status_code == 404 and health.json() == {"status": "ok", "items": 5, "ranker": False,
+                                                            "index": "exact"}
+
+
+def test_an_internal_error_is_a_one_line_500_and_is_counted(monkeypatch, caplog):
+    from recfunnel.serve.app import create_app
+
+    funnel = StubFunnel()
     app = create_app(funnel, max_k=20)
 
     def broken(*args, **kwargs):
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(funnel, "recommend", broken)
-
-    async def ask() -> tuple[httpx.Response, httpx.Response]:
-        # httpx's ASGI transport rather than Starlette's TestClient, which warns about httpx
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as test_client:
-            return (await test_client.post("/recommend", json={"user_id": 1}),
-                    await test_client.post("/recommend", json={"user_id": 1, "k": 21}))
-
-    failed, too_many = asyncio.run(ask())
+    failed, too_many = ask(app, ("POST", "/recommend", {"user_id": 1}),
+                           ("POST", "/recommend", {"user_id": 1, "k": 21}))
     assert failed.status_code == 500
     assert failed.json() == {"error": "internal error (RuntimeError); the server log has the details"}
     assert too_many.json()["error"] == "k: must be between 1 and 20, got 21"
@@ -279,10 +360,49 @@ def test_an_internal_error_is_a_one_line_500_and_is_counted(runs, monkeypatch, c
     assert "secret internals" in caplog.text  # logged here, not sent
 
 
-def test_create_app_refuses_bad_limits(runs):
-    from recfunnel.retrieval.funnel import Funnel
+def test_a_request_the_funnel_refuses_is_a_422_with_its_message(monkeypatch):
+    from recfunnel.errors import DataError
     from recfunnel.serve.app import create_app
 
-    funnel = Funnel.load(runs / "two-tower", index=runs / "index")
+    funnel = StubFunnel()
+    app = create_app(funnel)
+
+    def refuse(*args, **kwargs):
+        raise DataError("features.segment: 'x' is not a value the model knows")
+
+    monkeypatch.setattr(funnel, "recommend", refuse)
+    [response] = ask(app, ("POST", "/recommend", {"user_id": None, "features": {"segment": "x"}}))
+    assert response.status_code == 422 and response.json() == {"error": "features.segment: 'x' is not a value the "
+                                                                         "model knows"}
+
+
+def test_create_app_refuses_bad_limits():
+    from recfunnel.serve.app import create_app
+
     with pytest.raises(ValueError, match="max_k: expected an integer >= 1, got 0"):
-        create_app(funnel, max_k=0)
+        create_app(StubFunnel(), max_k=0)
+
+
+def test_metrics_text_by_hand():
+    from recfunnel.serve.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.observe("/recommend", "POST", 200, 0.003)
+    metrics.observe("/recommend", "POST", 200, 0.004)
+    metrics.observe("/recommend", "POST", 422, 0.0004)
+    metrics.observe_funnel("user", {"retrieve": 1.5, "rank": 2.0})
+    metrics.observe_funnel("popular", {"retrieve": 0.5})
+    lines = set(metrics.render().splitlines())
+    assert {'recfunnel_http_requests_total{route="/recommend",method="POST",status="200"} 2',
+            'recfunnel_http_requests_total{route="/recommend",method="POST",status="422"} 1',
+            'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="0.001"} 1',
+            'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="0.0025"} 1',
+            'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="0.005"} 3',
+            'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="+Inf"} 3',
+            'recfunnel_http_request_duration_seconds_sum{route="/recommend"} 0.007400',
+            'recfunnel_http_request_duration_seconds_count{route="/recommend"} 3',
+            'recfunnel_http_request_latency_seconds{route="/recommend",quantile="0.5"} 0.003000',
+            'recfunnel_funnel_stage_seconds_sum{stage="retrieve"} 0.002000',
+            'recfunnel_funnel_stage_seconds_count{stage="retrieve"} 2',
+            'recfunnel_recommendations_total{source="popular"} 1'} <= lines
+    assert metrics.requests("/recommend") == 3 and metrics.requests(status=422) == 1

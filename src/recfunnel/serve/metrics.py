@@ -91,7 +91,8 @@ def _requests_lines(requests: dict[tuple[str, str, int], int]) -> list[str]:
     lines = ["# HELP recfunnel_http_requests_total HTTP requests by route, method and status.",
              "# TYPE recfunnel_http_requests_total counter"]
     for (route, method, status), n in sorted(requests.items()):
-        lines.append(f'recfunnel_http_requests_total{{route="{_label(route)}",method="{method}",status="{status}"}} {n}')
+        labels = f'route="{_label(route)}",method="{method}",status="{status}"'
+        lines.append(f"recfunnel_http_requests_total{{{labels}}} {n}")
     return lines
 
 

@@ -17,10 +17,11 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
-__all__ = ["recommend_request", "RecommendResponse", "SimilarResponse", "ScoredItem", "Health", "validation_message",
-           "MAX_EXCLUDE", "json_type"]
+__all__ = ["recommend_request", "RecommendResponse", "SimilarResponse", "ScoredItem", "Health",
+           "validation_message", "json_type", "DEFAULT_K", "MAX_EXCLUDE"]
 
 MAX_EXCLUDE = 10_000
+DEFAULT_K = 10  # or max_k, if smaller
 MAX_ERRORS = 3  # fields named in one message
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -37,7 +38,7 @@ def json_type(value: Any) -> str:
 
 
 def _got(value: Any) -> str:
-    """``5000``, ``'abc'``, ``true``, ``null`` or ``an object``: the bad value when it is short, else its type."""
+    """``5000``, ``'abc'``, ``true``, ``null`` or ``an object``: a short bad value, else its type."""
     if isinstance(value, (int, float, str)) and not isinstance(value, bool) and len(repr(value)) <= 40:
         return repr(value)
     if value is None or isinstance(value, bool):
@@ -83,7 +84,7 @@ def recommend_request(max_k: int) -> type[BaseModel]:
         model_config = ConfigDict(extra="forbid")
 
         user_id: UserId = Field(description="a raw user id; null for an anonymous user")
-        k: K = Field(10, description=f"items to return, 1..{max_k}")
+        k: K = Field(min(DEFAULT_K, max_k), description=f"items to return, 1..{max_k}")
         exclude: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE,
                                   description="raw item ids to leave out")
         features: dict[str, FeatureValue] | None = Field(None, description="a new user's raw features")

@@ -7,9 +7,10 @@ It prints one line once loaded (what, and the URL: with ``port=0`` the port the 
 then uvicorn takes over; on SIGINT/SIGTERM it stops taking connections, lets requests in flight
 finish (at most ``GRACE_S``) and returns.
 
-Threads: torch (and faiss, which shares its OpenMP runtime) get ``THREADS`` per request. A request
-is one user: its tensors are far too small to split, and OpenMP's spinning workers, two pools on a
-busy two-core machine, made the funnel ~40x slower (p50 84 ms vs 2.2 ms, see bench/serve.py).
+Threads: torch and faiss (one OpenMP runtime) get ``THREADS``. A request is one user, whose
+tensors are far too small to split; with OpenMP's default of a thread per core, on a busy two-core
+machine, a demo request took p50 14-84 ms, p99 ~90 ms (threads waking and spinning) instead of
+p50 2.2 ms, p99 2.6 ms.
 """
 
 from __future__ import annotations
@@ -106,5 +107,4 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         raise RecfunnelError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
-    sock.set_inheritable(True)
     return sock
