@@ -27,13 +27,15 @@ test: setup
 test-quick: setup
 	$(VENV)/python -m pytest -q -m "not slow"
 
-bench: setup
+bench: demo
 	$(VENV)/recfunnel prepare synthetic --rows 1000000 --out $(DEMO_DIR)/bench-synthetic --overwrite --quiet
 	$(VENV)/recfunnel bench data $(DEMO_DIR)/bench-synthetic
 	$(VENV)/recfunnel bench train
 	$(VENV)/recfunnel bench quality --work $(DEMO_DIR)/bench-quality
 	$(VENV)/recfunnel prepare synthetic --rows 300000 --out $(DEMO_DIR)/bench-scale --overwrite --quiet
 	$(VENV)/recfunnel bench scale $(DEMO_DIR)/bench-scale
+	$(VENV)/recfunnel bench index
+	$(VENV)/recfunnel bench serve --run $(DEMO_DIR)/runs/two-tower --ranker $(DEMO_DIR)/runs/dlrm --index $(DEMO_DIR)/index --rate 100 --rate 200
 
 mlflow-ui: setup
 	$(VENV)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000

@@ -164,6 +164,14 @@ def _cmd_bench_index(args: argparse.Namespace) -> int:
     return _show({"rows": rows}, args.json, print_index)
 
 
+def _cmd_bench_serve(args: argparse.Namespace) -> int:
+    from recfunnel.bench.serve import bench_serve, print_serve
+
+    result = bench_serve(args.run, ranker=args.ranker, index=args.index, rate=args.rate or [100.0],
+                         seconds=args.seconds, k=args.k, candidates=args.candidates, concurrency=args.concurrency)
+    return _show(result, args.json, print_serve)
+
+
 def _cmd_bench_quality(args: argparse.Namespace) -> int:
     from recfunnel.bench.quality import bench_quality, print_quality
 
@@ -402,6 +410,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     bp.add_argument("--repeats", type=int, default=3, help="timed passes over the queries; the median is reported")
     bp.add_argument("--json", action="store_true", help="print one JSON object")
     bp.set_defaults(func=_cmd_bench_index)
+    bp = bench.add_parser("serve", help="p50/p99 latency and requests/s of POST /recommend on loopback under an "
+                          "open-loop load (a real `recfunnel serve` process)")
+    bp.add_argument("--run", required=True, metavar="RUN_DIR", help="a two-tower run")
+    bp.add_argument("--ranker", metavar="RANKER_RUN_DIR")
+    bp.add_argument("--index", metavar="INDEX_DIR")
+    bp.add_argument("--rate", type=float, action="append", help="requests/s to offer (repeatable; default 100)")
+    bp.add_argument("--seconds", type=float, default=20.0, help="measured seconds per rate (default 20)")
+    bp.add_argument("--k", type=int, default=10)
+    bp.add_argument("--candidates", type=int, default=100, help="retrieved per request (default 100)")
+    bp.add_argument("--concurrency", type=int, default=32, help="most requests in flight (default 32)")
+    bp.add_argument("--json", action="store_true", help="print one JSON object")
+    bp.set_defaults(func=_cmd_bench_serve)
     bp = bench.add_parser("scale", help="training samples/s on 1 and N processes at the same global batch "
                           "(torchrun and Spark TorchDistributor; whole `recfunnel train` runs, minutes)")
     bp.add_argument("dir", help="a prepared dataset (e.g. from `recfunnel prepare synthetic`)")

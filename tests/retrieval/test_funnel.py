@@ -193,3 +193,12 @@ def test_recommend_over_spark_gives_the_same_lists(cli, runs, tmp_path):
     spark = pd.read_parquet(tmp_path / "spark.parquet").sort_values(["user_id", "rank"]).reset_index(drop=True)
     assert local[["user_id", "rank", "item_id"]].equals(spark[["user_id", "rank", "item_id"]])
     assert np.allclose(local["score"], spark["score"], atol=1e-5)
+
+
+def test_cold_start_features_that_cannot_be_used_are_reported(funnel):
+    from recfunnel.errors import RecfunnelError
+
+    rec = funnel.recommend(user_id=None, k=3, features={"segment": 99.0})
+    assert rec.source == "features" and any("features.segment: 99.0 is not a known value" in w for w in rec.warnings)
+    with pytest.raises(RecfunnelError, match="features.segment: expected one value"):
+        funnel.recommend(user_id=None, k=3, features={"segment": [1.0, 2.0]})

@@ -5,6 +5,7 @@ exact index; one server for the module (and one more loading both models from ML
 """
 
 import json
+import uuid
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from recfunnel.serve.process import ServerProcess
 FAST = ["--set", "train.epochs=1", "--set", "train.batch_size=256", "--set", "train.max_steps=8",
         "--set", "eval.baselines=false", "--set", "tracking.log_checkpoints=false"]
 MAX_K = 1000
+REGISTERED = f"serve-test-{uuid.uuid4().hex[:8]}"  # the DLRM's registered name in the test MLflow store
 LIMIT = 64 * 1024
 
 slow = pytest.mark.slow  # every test of a real server (the module's fixtures train two models)
@@ -27,8 +29,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     # 300 items for 200 users of ~30 interactions: every user has most items left to recommend
     prepare_synthetic_interactions(6000, root / "pairs", users=200, items=300, quiet=True)
-    for model in ("two-tower", "dlrm"):
-        assert main(["train", "--model", model, "--data", str(root / "pairs"), "--out", str(root / model), *FAST]) == 0
+    for model, extra in (("two-tower", []), ("dlrm", ["--set", f"tracking.register_as={REGISTERED}"])):
+        assert main(["train", "--model", model, "--data", str(root / "pairs"), "--out", str(root / model), *FAST,
+                     *extra]) == 0
     assert main(["index", "--run", str(root / "two-tower"), "--out", str(root / "index"), "--quiet"]) == 0
     return root
 
@@ -47,7 +50,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def known(runs):
-    """Raw ids of a few users and items of the training data."""
+    """Raw ids of the users and items of the training data."""
     import pandas as pd
 
     users = pd.read_parquet(runs / "two-tower" / "model" / "users.parquet")["user_id"].tolist()
@@ -256,8 +259,8 @@ def test_a_bad_get_gets_a_4xx_naming_the_problem(client, path, status, message):
 @slow
 def test_models_load_from_mlflow_uris_and_answer_the_same(runs, client, known):
     run_id = json.loads((runs / "two-tower" / "mlflow.json").read_text())["run_id"]
-    ranker_uri = json.loads((runs / "dlrm" / "mlflow.json").read_text())["model_uri"]  # models:/m-...
-    server = ServerProcess(["--run", f"runs:/{run_id}/model", "--ranker", ranker_uri, "--index", runs / "index"])
+    ranker = f"models:/{REGISTERED}/latest"
+    server = ServerProcess(["--run", f"runs:/{run_id}/model", "--ranker", ranker, "--index", runs / "index"])
     with server, httpx.Client(base_url=server.url, timeout=30) as mlflow_client:
         for user in known["users"][:3]:
             ours = mlflow_client.post("/recommend", json={"user_id": user, "k": 5}).json()
@@ -406,3 +409,21 @@ def test_metrics_text_by_hand():
             'recfunnel_funnel_stage_seconds_count{stage="retrieve"} 2',
             'recfunnel_recommendations_total{source="popular"} 1'} <= lines
     assert metrics.requests("/recommend") == 3 and metrics.requests(status=422) == 1
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+
+
+@slow
+def test_the_serving_benchmark_measures_a_short_load(runs, capsys):
+    from recfunnel.bench.serve import bench_serve, print_serve
+
+    result = bench_serve(runs / "two-tower", ranker=runs / "dlrm", index=runs / "index", rate=[40, 80], seconds=1.0,
+                         warmup=0.2, candidates=50)
+    assert [r["rate"] for r in result["runs"]] == [40, 80]
+    for r in result["runs"]:
+        assert r["errors"] == 0 and r["ok"] + r["dropped"] == r["scheduled"] == round(r["rate"])
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+        assert {"retrieve", "filter", "rank", "rerank", "queue", "total"} <= set(r["server_stage_ms"])
+    print_serve(result)
+    assert "p99 ms" in capsys.readouterr().out

@@ -18,6 +18,7 @@ each took: the generator shares the machine with the server, and a shared machin
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -53,15 +54,16 @@ def bench_serve(run: str | Path, ranker: str | Path | None = None, index: str | 
             raise ValueError(f"{name}: expected a number > 0, got {value!r}")
     users = _known_users(run)
     args: list[Any] = ["--run", run, "--set", f"candidates={candidates}"]
-    args += ["--ranker", ranker] * (ranker is not None) + ["--index", index] * (index is not None)
+    if ranker is not None:
+        args += ["--ranker", ranker]
+    if index is not None:
+        args += ["--index", index]
     with ServerProcess(args) as server:
-        runs = []
-        for r in rates:
-            loads = asyncio.run(_measure(server, users, r, seconds, warmup, k, concurrency, seed))
-            runs.append(loads)
-    return {"run": str(run), "ranker": None if ranker is None else str(ranker), "index": "exact (in memory)" if index
-            is None else str(index), "k": k, "candidates": candidates, "concurrency": concurrency, "seconds": seconds,
-            "warmup": warmup, "users": len(users), "cores": os.cpu_count(), "runs": runs}
+        runs = [asyncio.run(_measure(server, users, r, seconds, warmup, k, concurrency, seed)) for r in rates]
+    return {"run": str(run), "ranker": None if ranker is None else str(ranker),
+            "index": "exact, built in memory" if index is None else str(index), "k": k, "candidates": candidates,
+            "concurrency": concurrency, "seconds": seconds, "warmup": warmup, "users": len(users),
+            "cores": os.cpu_count(), "runs": runs}
 
 
 def _known_users(run: str | Path) -> list[Any]:
@@ -79,6 +81,8 @@ async def _measure(server: ServerProcess, users: list[Any], rate: float, seconds
                    concurrency: int, seed: int) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     rng = np.random.default_rng(seed)
+    gc.collect()
+    gc.freeze()  # a full collection of this process's long-lived objects would stall the schedule
     async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as client:
         if warmup > 0:
             await _load(client, users, rate, warmup, k, concurrency, rng)

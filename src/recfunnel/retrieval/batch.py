@@ -62,7 +62,17 @@ def as_catalogue_ids(funnel: Funnel, users: list[Any]) -> list[Any]:
 
 def recommend_users(funnel: Funnel, users: list[Any] | None, k: int, show: bool = False
                     ) -> Iterator[pd.DataFrame]:
-    """Frames of (user_id, rank, item_id, score), a chunk of users at a time."""
+    """Frames of (user_id, rank, item_id, score), a chunk of users at a time, on one thread: the
+    per-user stages are too small for a thread pool, whose wake-ups cost more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # faiss shares torch's OpenMP runtime
+    try:
+        yield from _recommend_users(funnel, users, k, show)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _recommend_users(funnel: Funnel, users: list[Any] | None, k: int, show: bool) -> Iterator[pd.DataFrame]:
     rows = np.arange(len(funnel.users)) if users is None else funnel.user_rows.get_indexer(as_catalogue_ids(funnel, users))
     raw = funnel.users.raw_ids if users is None else np.asarray(as_catalogue_ids(funnel, users), dtype=object)
     tower = funnel.tower

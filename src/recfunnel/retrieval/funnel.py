@@ -221,9 +221,8 @@ class Funnel:
             notes.append(f"unknown user_id {user_id!r}: " + ("embedded from its features" if features
                                                             else "most popular items"))
         if features:
-            user, ignored = user_from_raw(self.manifest, self.encoder, features)
-            if ignored:
-                notes.append(f"features {ignored} are not user features of the model; ignored")
+            user, problems = user_from_raw(self.manifest, self.encoder, features)
+            notes.extend(problems)
             return user, "features"
         return UserFeatures(), "popular"
 

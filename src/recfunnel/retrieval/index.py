@@ -22,8 +22,9 @@ and recall once many sit near the queries: rebuild (``build_index``) when they p
 approximate search that found fewer) has score ``-inf`` and id ``-1`` (int ids) or ``None`` (str
 ids); test for it with ``np.isneginf(scores)``.
 
-Threads: faiss runs its own OpenMP pool (``OMP_NUM_THREADS``, else every core) for batches of
-queries; fewer than FEW_QUERIES queries (an online request) search on one thread.
+Threads: faiss shares torch's OpenMP runtime (``OMP_NUM_THREADS``, else every core) for batches
+of queries; fewer than FEW_QUERIES queries (an online request) search on one thread, as waking
+the pool costs more than the search. ``recfunnel serve`` runs everything on one thread.
 
 External vector databases: the funnel only calls ``search(queries, k)`` and ``len()`` (the
 :class:`VectorSearch` protocol), so an adapter over Databricks Vector Search, Qdrant, pgvector or

@@ -20,6 +20,7 @@ from recfunnel.data.catalog import Catalog
 from recfunnel.data.encoder import FeatureEncoder
 from recfunnel.data.rows import jagged_take
 from recfunnel.data.schema import Manifest
+from recfunnel.errors import DataError
 
 __all__ = ["UserFeatures", "user_from_catalog", "user_from_raw", "tower_inputs", "pair_inputs"]
 
@@ -41,23 +42,36 @@ def user_from_catalog(users: Catalog, row: int) -> UserFeatures:
 
 
 def user_from_raw(manifest: Manifest, encoder: FeatureEncoder, features: dict[str, Any]) -> tuple[UserFeatures, list[str]]:
-    """A new user's features from raw values (as in the input files); (features, names ignored)."""
+    """A new user's features from raw values (as in the input files); (features, notes on what was
+    ignored or not understood). A list for a single-valued feature is an error."""
     role_features = set(manifest.roles.get("user_features", []))
-    ignored = sorted(set(features) - role_features)
+    notes = [f"features {sorted(set(features) - role_features)} are not user features of the model; ignored"] \
+        if set(features) - role_features else []
     dense_names = {f.name for f in manifest.dense}
     out = UserFeatures()
     for name in sorted(role_features):
         value = features.get(name)
+        is_list = isinstance(value, (list, tuple))
         if name in dense_names:
-            frame = pd.DataFrame({name: [value]})
-            out.dense[name] = float(encoder.encode(frame, [], [name])[0][0, 0])
+            if is_list:
+                raise DataError(f"features.{name}: expected a number ({name} is dense), got a list")
+            number = pd.to_numeric(pd.Series([value], dtype=object), errors="coerce").iloc[0]
+            if value is not None and pd.isna(number):
+                notes.append(f"features.{name}: {value!r} is not a number; treated as missing")
+            out.dense[name] = float(encoder.encode(pd.DataFrame({name: [number]}), [], [name])[0][0, 0])
         elif manifest.feature(name).multi_hot:
-            values = value if isinstance(value, (list, tuple)) else ([] if value is None else [value])
-            ids = encoder.indices(name, list(values)) if values else np.zeros(0, np.int64)
+            values = list(value) if is_list else ([] if value is None else [value])
+            ids = encoder.indices(name, values) if values else np.zeros(0, np.int64)
+            if len(ids) and (ids == 0).any():
+                notes.append(f"features.{name}: unknown values {[v for v, i in zip(values, ids) if i == 0][:5]}; ignored")
             out.sparse[name] = np.unique(ids[ids > 0]) if len(ids) else ids
         else:
+            if is_list:
+                raise DataError(f"features.{name}: expected one value ({name} is not multi-hot), got a list")
             out.sparse[name] = encoder.indices(name, [value])
-    return out, ignored
+            if value is not None and out.sparse[name][0] == 0:
+                notes.append(f"features.{name}: {value!r} is not a known value; treated as unknown")
+    return out, notes
 
 
 def _sparse_of(user: UserFeatures, user_key: str, key: str, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,9 @@ Every error is ``{"error": "<one line>"}``: 400 malformed JSON, 413 a body over 
 it: ``k: must be between 1 and 1000, got 5000``), 404 an unknown route or item, 405 a wrong method,
 500 an internal error (logged with its traceback here, never sent).
 
-The funnel is CPU-bound (torch, faiss, numpy): it runs on a small pool of ``workers`` threads, off
-the event loop, so that the loop keeps accepting and answering (/health stays quick under load).
+The funnel is CPU-bound (torch, faiss, numpy): it runs on a pool of ``workers`` threads (one by
+default), off the event loop, so that the loop keeps accepting and answering (/health stays quick
+under load) while requests wait their turn (``timings_ms.queue``).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations, and the
@@ -44,9 +45,10 @@ __all__ = ["create_app", "MAX_BODY_BYTES", "MAX_K", "WORKERS"]
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_K = 1000
-# Funnel threads. Measured at 200 req/s on 2 cores: 1 thread queues (p99 38-70 ms), 2 do not
-# (p99 22-28 ms), 4 are no better: each request holds the GIL most of its ~2 ms.
-WORKERS = 2
+# Funnel threads. One: the funnel holds the GIL for most of its ~2 ms and torch hands it back and
+# forth on every small op, so two threads convoy. Measured on 2 idle cores, 300 req/s offered:
+# 1 thread kept up or nearly (254-300 req/s; ~2 ms a call), 2 threads did not (230-257 req/s; 6 ms).
+WORKERS = 1
 ROUTES = "POST /recommend, GET /similar-items/{item_id}, GET /health, GET /metrics"
 
 log = logging.getLogger("recfunnel.serve")

@@ -16,11 +16,14 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from recfunnel.errors import RecfunnelError
-from recfunnel.retrieval.funnel import Funnel, FunnelConfig
+
+if TYPE_CHECKING:  # torch and faiss only when a funnel is loaded: the benchmark's client needs neither
+    from recfunnel.retrieval.funnel import Funnel, FunnelConfig
 
 __all__ = ["resolve_model", "is_mlflow_uri", "load_funnel"]
 
@@ -74,6 +77,8 @@ def load_funnel(run: str | Path, index: str | Path | None = None, ranker: str | 
                 config: FunnelConfig | None = None, into: str | Path | None = None) -> Funnel:
     """``Funnel.load`` of a two-tower ``run`` and an optional ``ranker``, each a local folder or an
     MLflow model (downloaded under ``into``)."""
+    from recfunnel.retrieval.funnel import Funnel
+
     def under(name: str) -> Path | None:
         return Path(into) / name if into is not None else None
 
