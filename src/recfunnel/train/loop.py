@@ -115,7 +115,7 @@ class _Progress:
     epoch_rows: int = 0  # of the epoch in progress: real rows seen, all ranks, up to the last sync
     epoch_checksum: int = 0
     epoch_seconds: float = 0.0
-    epoch_throughput_rows: int = 0  # rows counted for samples/s (padding included, as the steps cost it)
+    epoch_throughput_rows: int = 0  # real rows of the epoch in progress, all ranks (ours x ranks), for samples/s
     running: float | None = None  # smoothed training loss
     audit: list[dict[str, int]] = field(default_factory=list)
     stopped_early: bool = False
