@@ -5,7 +5,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 VENV := .venv/bin
 DEMO_DIR ?= .demo
 
-.PHONY: setup demo test test-quick bench lock clean mlflow-ui
+.PHONY: setup demo lint test test-quick bench lock clean mlflow-ui
 
 setup:
 	@VARIANT=$(or $(VARIANT),cpu) scripts/setup.sh
@@ -21,10 +21,17 @@ demo: setup
 	@echo "runs are in MLflow ($(MLFLOW_TRACKING_URI)): make mlflow-ui, then open http://127.0.0.1:5000"
 	@echo "serve the funnel: .venv/bin/recfunnel serve --run $(DEMO_DIR)/runs/two-tower --ranker $(DEMO_DIR)/runs/dlrm --index $(DEMO_DIR)/index"
 
-test: setup
+# The house rules: style and format, the layer contracts (pyproject.toml), types. Any failure fails `make test`.
+lint: setup
+	$(VENV)/ruff check src tests
+	$(VENV)/ruff format --check src tests
+	$(VENV)/lint-imports
+	$(VENV)/mypy
+
+test: lint
 	$(VENV)/python -m pytest -q
 
-test-quick: setup
+test-quick: lint
 	$(VENV)/python -m pytest -q -m "not slow"
 
 bench: demo
@@ -44,4 +51,4 @@ lock:
 	scripts/lock.sh
 
 clean:
-	rm -rf .demo .pytest_cache mlruns
+	rm -rf .demo .pytest_cache mlruns .import_linter_cache .mypy_cache .ruff_cache

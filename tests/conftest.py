@@ -3,7 +3,9 @@ import os
 import pytest
 
 # Tests never touch the working folder's MLflow store.
-os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///" + os.path.join(os.environ.get("TMPDIR", "/tmp"), "recfunnel-test-mlflow.db"))
+os.environ.setdefault(
+    "MLFLOW_TRACKING_URI", "sqlite:///" + os.path.join(os.environ.get("TMPDIR", "/tmp"), "recfunnel-test-mlflow.db")
+)
 
 
 @pytest.fixture

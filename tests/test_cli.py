@@ -58,7 +58,9 @@ def test_bench_data_json_has_the_three_rates(cli, tiny):
     result = json.loads(out)
     for key in ("loader_rows_per_s", "parquet_rows_per_s", "per_row_mds_rows_per_s"):
         assert result[key] > 0
-    assert result["loader_vs_parquet"] == pytest.approx(result["loader_rows_per_s"] / result["parquet_rows_per_s"], rel=0.01)
+    assert result["loader_vs_parquet"] == pytest.approx(
+        result["loader_rows_per_s"] / result["parquet_rows_per_s"], rel=0.01
+    )
 
 
 def test_missing_dataset_is_one_line(cli, tmp_path):

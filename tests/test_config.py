@@ -28,18 +28,21 @@ def test_file_then_dotted_overrides_apply_in_order(tmp_path):
     assert flatten(config.to_dict())["train.batch_size"] == 64
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.batch_size=0", "train.batch_size: expected an integer >= 1, got 0"),
-    ("train.batch_size=big", "train.batch_size: expected an integer, got 'big'"),
-    ("train.batchsize=8", "train.batchsize: unknown field (did you mean 'batch_size'?)"),
-    ("model.score=l2", "model.score: expected dot or cosine, got 'l2'"),
-    ("model.dropout=1.5", "model.dropout: expected a number in [0, 1), got 1.5"),
-    ("retrieval.temperature=0", "retrieval.temperature: expected a number > 0, got 0.0"),
-    ("train.dense_optimizer.name=lbfgs", "train.dense_optimizer.name: expected one of"),
-    ("model.heads=[{label: y, kind: multiclass}]", "model.heads[0].classes: expected an integer >= 2"),
-    ("model.top_mlp=[64, -1]", "model.top_mlp: expected a list of layer sizes >= 1"),
-    ("train", "--set 'train': expected key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batch_size=0", "train.batch_size: expected an integer >= 1, got 0"),
+        ("train.batch_size=big", "train.batch_size: expected an integer, got 'big'"),
+        ("train.batchsize=8", "train.batchsize: unknown field (did you mean 'batch_size'?)"),
+        ("model.score=l2", "model.score: expected dot or cosine, got 'l2'"),
+        ("model.dropout=1.5", "model.dropout: expected a number in [0, 1), got 1.5"),
+        ("retrieval.temperature=0", "retrieval.temperature: expected a number > 0, got 0.0"),
+        ("train.dense_optimizer.name=lbfgs", "train.dense_optimizer.name: expected one of"),
+        ("model.heads=[{label: y, kind: multiclass}]", "model.heads[0].classes: expected an integer >= 2"),
+        ("model.top_mlp=[64, -1]", "model.top_mlp: expected a list of layer sizes >= 1"),
+        ("train", "--set 'train': expected key=value"),
+    ],
+)
 def test_bad_values_name_the_field_and_value(override, message):
     with pytest.raises(ConfigError) as err:
         load_config("dlrm", overrides=[override])

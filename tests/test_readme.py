@@ -14,8 +14,9 @@ def test_make_demo_prints_what_the_readme_shows(tmp_path):
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"`make demo` prints[^\n]*:\n\n```\n(.*?)```", readme, re.S).group(1)
     quoted = [line for line in block.splitlines() if line.strip() and "..." not in line]
-    done = subprocess.run(["make", "demo", f"DEMO_DIR={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        ["make", "demo", f"DEMO_DIR={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout.replace(str(tmp_path), ".demo")
     for line in quoted:

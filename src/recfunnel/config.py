@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,16 +24,30 @@ import yaml
 from recfunnel.errors import ConfigError
 
 __all__ = [
-    "MODELS", "HeadConfig", "ModelConfig", "RetrievalConfig", "OptimizerConfig", "TrainConfig",
-    "EvalConfig", "TrackingConfig", "TableSharding", "ShardingConfig", "RunConfig", "load_config", "config_from_dict", "flatten",
+    "MODELS",
+    "HeadConfig",
+    "ModelConfig",
+    "RetrievalConfig",
+    "OptimizerConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "TrackingConfig",
+    "TableSharding",
+    "ShardingConfig",
+    "RunConfig",
+    "load_config",
+    "config_from_dict",
+    "flatten",
     "with_overrides",
+    "check",
 ]
 
 MODELS = ("two-tower", "dlrm", "dcnv2", "deepfm")
 HEAD_KINDS = ("binary", "regression", "multiclass")
 
 
-def _check(ok: bool, name: str, expected: str, value: Any) -> None:
+def check(ok: bool, name: str, expected: str, value: Any) -> None:
+    """Raise :class:`ConfigError` ``"<name>: expected <expected>, got <value>"`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"{name}: expected {expected}, got {value!r}")
 
@@ -47,10 +62,14 @@ class HeadConfig:
     classes: int = 0  # multiclass only: number of classes (labels are 0..classes-1)
 
     def validate(self, at: str) -> None:
-        _check(self.kind in HEAD_KINDS, f"{at}.kind", f"one of {HEAD_KINDS}", self.kind)
-        _check(self.weight >= 0, f"{at}.weight", "a number >= 0", self.weight)
-        _check(self.kind != "multiclass" or self.classes >= 2, f"{at}.classes", "an integer >= 2 for multiclass",
-               self.classes)
+        check(self.kind in HEAD_KINDS, f"{at}.kind", f"one of {HEAD_KINDS}", self.kind)
+        check(self.weight >= 0, f"{at}.weight", "a number >= 0", self.weight)
+        check(
+            self.kind != "multiclass" or self.classes >= 2,
+            f"{at}.classes",
+            "an integer >= 2 for multiclass",
+            self.classes,
+        )
 
     @property
     def outputs(self) -> int:
@@ -77,18 +96,19 @@ class ModelConfig:
     item_features: list[str] | None = None  # None = the item id + the dataset's item features
 
     def validate(self) -> None:
-        _check(self.embedding_dim >= 1, "model.embedding_dim", "an integer >= 1", self.embedding_dim)
-        _check(self.multi_hot_pooling in ("mean", "sum"), "model.multi_hot_pooling", "mean or sum",
-               self.multi_hot_pooling)
-        _check(0 <= self.dropout < 1, "model.dropout", "a number in [0, 1)", self.dropout)
+        check(self.embedding_dim >= 1, "model.embedding_dim", "an integer >= 1", self.embedding_dim)
+        check(
+            self.multi_hot_pooling in ("mean", "sum"), "model.multi_hot_pooling", "mean or sum", self.multi_hot_pooling
+        )
+        check(0 <= self.dropout < 1, "model.dropout", "a number in [0, 1)", self.dropout)
         for name in ("bottom_mlp", "top_mlp", "tower_mlp"):
             sizes = getattr(self, name)
-            _check(all(s >= 1 for s in sizes), f"model.{name}", "a list of layer sizes >= 1", sizes)
-        _check(len(self.tower_mlp) >= 1, "model.tower_mlp", "at least one layer", self.tower_mlp)
-        _check(self.cross_layers >= 1, "model.cross_layers", "an integer >= 1", self.cross_layers)
-        _check(self.cross_low_rank >= 0, "model.cross_low_rank", "an integer >= 0", self.cross_low_rank)
-        _check(self.score in ("dot", "cosine"), "model.score", "dot or cosine", self.score)
-        _check(len(self.heads) >= 1, "model.heads", "at least one head", self.heads)
+            check(all(s >= 1 for s in sizes), f"model.{name}", "a list of layer sizes >= 1", sizes)
+        check(len(self.tower_mlp) >= 1, "model.tower_mlp", "at least one layer", self.tower_mlp)
+        check(self.cross_layers >= 1, "model.cross_layers", "an integer >= 1", self.cross_layers)
+        check(self.cross_low_rank >= 0, "model.cross_low_rank", "an integer >= 0", self.cross_low_rank)
+        check(self.score in ("dot", "cosine"), "model.score", "dot or cosine", self.score)
+        check(len(self.heads) >= 1, "model.heads", "at least one head", self.heads)
         for i, head in enumerate(self.heads):
             head.validate(f"model.heads[{i}]")
 
@@ -106,11 +126,15 @@ class RetrievalConfig:
     positives_only: bool = True  # softmax: train on rows whose label > 0
 
     def validate(self) -> None:
-        _check(self.loss in ("softmax", "bce"), "retrieval.loss", "softmax or bce", self.loss)
-        _check(self.temperature > 0, "retrieval.temperature", "a number > 0", self.temperature)
-        _check(self.extra_negatives >= 0, "retrieval.extra_negatives", "an integer >= 0", self.extra_negatives)
-        _check(self.negative_sampler in ("uniform", "popularity"), "retrieval.negative_sampler",
-               "uniform or popularity", self.negative_sampler)
+        check(self.loss in ("softmax", "bce"), "retrieval.loss", "softmax or bce", self.loss)
+        check(self.temperature > 0, "retrieval.temperature", "a number > 0", self.temperature)
+        check(self.extra_negatives >= 0, "retrieval.extra_negatives", "an integer >= 0", self.extra_negatives)
+        check(
+            self.negative_sampler in ("uniform", "popularity"),
+            "retrieval.negative_sampler",
+            "uniform or popularity",
+            self.negative_sampler,
+        )
 
 
 @dataclass
@@ -121,9 +145,9 @@ class OptimizerConfig:
     eps: float = 1e-8
 
     def validate(self, at: str, allowed: tuple[str, ...]) -> None:
-        _check(self.name in allowed, f"{at}.name", f"one of {allowed}", self.name)
-        _check(self.lr > 0, f"{at}.lr", "a number > 0", self.lr)
-        _check(self.weight_decay >= 0, f"{at}.weight_decay", "a number >= 0", self.weight_decay)
+        check(self.name in allowed, f"{at}.name", f"one of {allowed}", self.name)
+        check(self.lr > 0, f"{at}.lr", "a number > 0", self.lr)
+        check(self.weight_decay >= 0, f"{at}.weight_decay", "a number >= 0", self.weight_decay)
 
 
 EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "adam", "sgd")
@@ -144,28 +168,38 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps (0 = no limit); for smoke tests and benchmarks
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     window_blocks: int = 8  # blocks of rows shuffled together by the loader (memory: window_blocks * block rows)
-    checkpoint_every: int = 1000  # steps between resumable checkpoints (also one at each epoch end); 0 = epoch ends only
+    checkpoint_every: int = (
+        1000  # steps between resumable checkpoints (also one at each epoch end); 0 = epoch ends only
+    )
     keep_checkpoints: int = 2  # newest resumable checkpoints kept
     sampled_negatives: int = 0  # rankers on interaction data: random items per row as label-0 rows (train and eval)
     negative_sampling: str = "uniform"  # uniform | popularity (items drawn by count^0.75)
 
     def validate(self) -> None:
-        _check(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
-        _check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
+        check(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
+        check(self.epochs >= 1, "train.epochs", "an integer >= 1", self.epochs)
         self.embedding_optimizer.validate("train.embedding_optimizer", EMBEDDING_OPTIMIZERS)
         self.dense_optimizer.validate("train.dense_optimizer", DENSE_OPTIMIZERS)
-        _check(self.early_stopping_patience >= 0, "train.early_stopping_patience", "an integer >= 0",
-               self.early_stopping_patience)
-        _check(self.num_workers >= 0, "train.num_workers", "an integer >= 0", self.num_workers)
-        _check(self.log_every >= 1, "train.log_every", "an integer >= 1", self.log_every)
-        _check(self.max_steps >= 0, "train.max_steps", "an integer >= 0", self.max_steps)
-        _check(self.threads >= 0, "train.threads", "an integer >= 0", self.threads)
-        _check(self.window_blocks >= 1, "train.window_blocks", "an integer >= 1", self.window_blocks)
-        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "an integer >= 0", self.checkpoint_every)
-        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
-        _check(self.sampled_negatives >= 0, "train.sampled_negatives", "an integer >= 0", self.sampled_negatives)
-        _check(self.negative_sampling in ("uniform", "popularity"), "train.negative_sampling", "uniform or popularity",
-               self.negative_sampling)
+        check(
+            self.early_stopping_patience >= 0,
+            "train.early_stopping_patience",
+            "an integer >= 0",
+            self.early_stopping_patience,
+        )
+        check(self.num_workers >= 0, "train.num_workers", "an integer >= 0", self.num_workers)
+        check(self.log_every >= 1, "train.log_every", "an integer >= 1", self.log_every)
+        check(self.max_steps >= 0, "train.max_steps", "an integer >= 0", self.max_steps)
+        check(self.threads >= 0, "train.threads", "an integer >= 0", self.threads)
+        check(self.window_blocks >= 1, "train.window_blocks", "an integer >= 1", self.window_blocks)
+        check(self.checkpoint_every >= 0, "train.checkpoint_every", "an integer >= 0", self.checkpoint_every)
+        check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "an integer >= 1", self.keep_checkpoints)
+        check(self.sampled_negatives >= 0, "train.sampled_negatives", "an integer >= 0", self.sampled_negatives)
+        check(
+            self.negative_sampling in ("uniform", "popularity"),
+            "train.negative_sampling",
+            "uniform or popularity",
+            self.negative_sampling,
+        )
 
 
 @dataclass
@@ -176,9 +210,9 @@ class EvalConfig:
     batch_size: int = 8192
 
     def validate(self) -> None:
-        _check(len(self.ks) >= 1 and all(k >= 1 for k in self.ks), "eval.ks", "a list of integers >= 1", self.ks)
-        _check(self.ease_l2 > 0, "eval.ease_l2", "a number > 0", self.ease_l2)
-        _check(self.batch_size >= 1, "eval.batch_size", "an integer >= 1", self.batch_size)
+        check(len(self.ks) >= 1 and all(k >= 1 for k in self.ks), "eval.ks", "a list of integers >= 1", self.ks)
+        check(self.ease_l2 > 0, "eval.ease_l2", "a number > 0", self.ease_l2)
+        check(self.batch_size >= 1, "eval.batch_size", "an integer >= 1", self.batch_size)
 
 
 SHARDING_TYPES = ("auto", "table_wise", "row_wise", "column_wise", "table_row_wise", "data_parallel")
@@ -194,8 +228,8 @@ class TableSharding:
     kernel: str = "auto"  # auto | fused (optimizer fused into the lookup kernel) | dense
 
     def validate(self, at: str) -> None:
-        _check(self.type in SHARDING_TYPES, f"{at}.type", f"one of {SHARDING_TYPES}", self.type)
-        _check(self.kernel in COMPUTE_KERNELS, f"{at}.kernel", f"one of {COMPUTE_KERNELS}", self.kernel)
+        check(self.type in SHARDING_TYPES, f"{at}.type", f"one of {SHARDING_TYPES}", self.type)
+        check(self.kernel in COMPUTE_KERNELS, f"{at}.kernel", f"one of {COMPUTE_KERNELS}", self.kernel)
 
 
 @dataclass
@@ -233,7 +267,7 @@ class RunConfig:
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
 
     def __post_init__(self) -> None:
-        _check(self.model_kind in MODELS, "model_kind", f"one of {MODELS}", self.model_kind)
+        check(self.model_kind in MODELS, "model_kind", f"one of {MODELS}", self.model_kind)
         self.sharding.validate()
         self.model.validate()
         self.retrieval.validate()
@@ -257,22 +291,22 @@ def _convert(tp: Any, value: Any, name: str) -> Any:
             return None
         return _convert(args[0], value, name)
     if origin is list:
-        _check(isinstance(value, list), name, "a list", value)
+        check(isinstance(value, list), name, "a list", value)
         return [_convert(typing.get_args(tp)[0], v, f"{name}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        _check(isinstance(value, dict), name, "a mapping of fields", value)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        check(isinstance(value, dict), name, "a mapping of fields", value)
         return config_from_dict(tp, value, name)
     if tp is bool:
-        _check(isinstance(value, bool), name, "true or false", value)
+        check(isinstance(value, bool), name, "true or false", value)
         return value
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
+        check(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
         return value
     if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), name, "a number", value)
+        check(isinstance(value, (int, float)) and not isinstance(value, bool), name, "a number", value)
         return float(value)
     if tp is str:
-        _check(isinstance(value, str), name, "a string", value)
+        check(isinstance(value, str), name, "a string", value)
         return value
     raise TypeError(f"unsupported config type {tp}")
 
@@ -338,7 +372,7 @@ def default_config_text(model_kind: str) -> str:
     return resources.files("recfunnel").joinpath("configs", f"{model_kind}.yaml").read_text()
 
 
-def with_overrides(data: dict[str, Any], overrides: list[str], cls: type = None) -> Any:
+def with_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | None = None) -> Any:
     """A config dict (e.g. a run's ``config.yaml``) with ``key=value`` overrides applied, as ``cls``
     (default :class:`RunConfig`)."""
     for item in overrides:
@@ -346,7 +380,7 @@ def with_overrides(data: dict[str, Any], overrides: list[str], cls: type = None)
     return config_from_dict(cls or RunConfig, data)
 
 
-def load_config(model_kind: str, file: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+def load_config(model_kind: str, file: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
     """The packaged defaults of ``model_kind``, then ``file``, then each ``key=value`` override."""
     data = _read_yaml(default_config_text(model_kind), f"configs/{model_kind}.yaml")
     if file is not None:

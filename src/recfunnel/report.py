@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["table", "fmt"]
+__all__ = ["table", "fmt", "metric_header"]
 
 
 def fmt(value: Any) -> str:
@@ -22,8 +23,10 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], title: str | No
     """A table with a header rule; numeric columns right-aligned."""
     cells = [[fmt(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    numeric = [all(isinstance(row[i], (int, float)) and not isinstance(row[i], bool) for row in rows if row[i] is not None)
-               for i in range(len(headers))]
+    numeric = [
+        all(isinstance(row[i], (int, float)) and not isinstance(row[i], bool) for row in rows if row[i] is not None)
+        for i in range(len(headers))
+    ]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
@@ -31,3 +34,8 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], title: str | No
     out = [title] if title else []
     out += [line(list(headers)), line(["-" * w for w in widths])] + [line(r) for r in cells]
     return "\n".join(out)
+
+
+def metric_header(column: str) -> str:
+    """A metric's name as a table header: ``recall_at_10`` -> ``recall@10``."""
+    return column.replace("_at_", "@").replace("accuracy", "acc").replace("_no_exclusion", " no-excl")

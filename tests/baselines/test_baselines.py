@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from recfunnel.baselines import EASE, MostPopular, logistic_regression
-from recfunnel.data.pairs import read_pairs
-from recfunnel.data.read import read_split
-from recfunnel.data.schema import load_manifest
+from recfunnel.data.format.manifest import load_manifest
+from recfunnel.data.format.pairs import read_pairs
+from recfunnel.data.format.read import read_split
 from recfunnel.data.sources.synthetic import prepare_synthetic
 from recfunnel.errors import DataError, RecfunnelError
 from recfunnel.metrics.retrieval import evaluate_topk, tfrs_accuracy
@@ -81,20 +81,43 @@ def test_logistic_regression_learns_but_stays_below_the_bayes_auc(synthetic):
 def test_ml100k_tfrs_protocol_figures(tmp_path, cli):
     """Random 80/20 of every rating: EASE beats most-popular, in the expected ballparks, quickly."""
     out = tmp_path / "ml"
-    code, _, err = cli("prepare", "movielens", "--variant", "ml-100k", "--label", "all", "--val-fraction", "0",
-                       "--test-fraction", "0.2", "--out", out, "--quiet")
+    code, _, err = cli(
+        "prepare",
+        "movielens",
+        "--variant",
+        "ml-100k",
+        "--label",
+        "all",
+        "--val-fraction",
+        "0",
+        "--test-fraction",
+        "0.2",
+        "--out",
+        out,
+        "--quiet",
+    )
     assert code == 0, err
     m = load_manifest(out)
     n_users, n_items = m.feature("user_id").cardinality - 1, m.feature("item_id").cardinality - 1
     train, test = read_pairs(out, "train"), read_pairs(out, "test")
     figures = {}
-    for name, model in (("popular", MostPopular().fit(train.users, train.items, n_items)),
-                        ("ease", EASE().fit(train.users, train.items, n_users, n_items))):
+    for name, model in (
+        ("popular", MostPopular().fit(train.users, train.items, n_items)),
+        ("ease", EASE().fit(train.users, train.items, n_users, n_items)),
+    ):
         start = time.perf_counter()
-        got = evaluate_topk(model.score_users, test_users=test.users, test_items=test.items, n_items=n_items,
-                            exclude_users=train.users, exclude_items=train.items)
+        got = evaluate_topk(
+            model.score_users,
+            test_users=test.users,
+            test_items=test.items,
+            n_items=n_items,
+            exclude_users=train.users,
+            exclude_items=train.items,
+        )
         assert time.perf_counter() - start < 1.0
         figures[name] = got["accuracy_at_100"]
-        assert tfrs_accuracy(model.score_users, test.users, test.items, n_items, ks=(100,))[
-            "accuracy_at_100_no_exclusion"] < got["accuracy_at_100"]
+        assert (
+            tfrs_accuracy(model.score_users, test.users, test.items, n_items, ks=(100,))["accuracy_at_100_no_exclusion"]
+            < got["accuracy_at_100"]
+        )
     assert 0.38 < figures["popular"] < 0.44 and 0.59 < figures["ease"] < 0.66, figures

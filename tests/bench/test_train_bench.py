@@ -25,8 +25,16 @@ def test_flops_of_the_criteo_kaggle_shape():
 
 def test_tiny_run_reports_every_figure():
     result = bench_train(batch_size=64, steps=2, repeats=1, rows_per_table=1000)
-    for key in ("samples_per_s", "plain_pytorch_samples_per_s", "roofline_samples_per_s", "vs_plain",
-                "vs_roofline", "matmul_gflops", "flops_per_sample", "threads"):
+    for key in (
+        "samples_per_s",
+        "plain_pytorch_samples_per_s",
+        "roofline_samples_per_s",
+        "vs_plain",
+        "vs_roofline",
+        "matmul_gflops",
+        "flops_per_sample",
+        "threads",
+    ):
         assert result[key] > 0, key
     assert result["flops_per_sample"] == flops_per_sample()
     assert len(result["runs"]["recfunnel"]) == 1

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from recfunnel.data.rows import Rows
-from recfunnel.data.schema import DenseFeature, Label, Manifest, SparseFeature
-from recfunnel.data.shards import SplitWriter, atomic_output_dir
+from recfunnel.data.format.manifest import DenseFeature, Label, Manifest, SparseFeature
+from recfunnel.data.format.rows import Rows
+from recfunnel.data.format.shards import SplitWriter
+from recfunnel.files import atomic_output_dir
 
 
 def tiny_rows(n: int, start: int = 0, seed: int = 0) -> Rows:
@@ -41,8 +42,11 @@ def write_tiny_dataset(out: Path, splits: dict[str, int], block_rows: int = 64) 
         manifest = Manifest(
             kind="ctr",
             dense=[DenseFeature("row_f"), DenseFeature("noise")],
-            sparse=[SparseFeature("row", total + 1, encoding="index"), SparseFeature("small", 10, encoding="index"),
-                    SparseFeature("tags", 51, multi_hot=True, encoding="index", max_len=3)],
+            sparse=[
+                SparseFeature("row", total + 1, encoding="index"),
+                SparseFeature("small", 10, encoding="index"),
+                SparseFeature("tags", 51, multi_hot=True, encoding="index", max_len=3),
+            ],
             labels=[Label("label")],
             splits=infos,
             split={"kind": "fixed"},
@@ -55,11 +59,11 @@ def write_tiny_dataset(out: Path, splits: dict[str, int], block_rows: int = 64) 
 def split_row_keys(data: Path, split: str) -> list[str]:
     """Row keys (single-hot ids + first label, as in rank_worker.py) of every row of a split,
     read straight from the shards."""
-    from recfunnel.data.schema import load_manifest
-    from recfunnel.data.shards import decode_block
-    from recfunnel.data.streaming_compat import import_streaming
-
     import json
+
+    from recfunnel.compat.streaming import import_streaming
+    from recfunnel.data.format.manifest import load_manifest
+    from recfunnel.data.format.shards import decode_block
 
     import_streaming()
     from streaming.base.format import reader_from_json

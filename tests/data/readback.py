@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recfunnel.data.read import read_split
+from recfunnel.data.format.read import read_split
 
 __all__ = ["read_split", "assert_failed_cleanly"]
 

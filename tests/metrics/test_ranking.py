@@ -6,8 +6,18 @@ import torch
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
-from recfunnel.metrics.ranking import (accuracy, auc, binary_metrics, calibration, calibration_bins, log_loss, mae,
-                                       regression_metrics, rmse, sigmoid)
+from recfunnel.metrics.ranking import (
+    accuracy,
+    auc,
+    binary_metrics,
+    calibration,
+    calibration_bins,
+    log_loss,
+    mae,
+    regression_metrics,
+    rmse,
+    sigmoid,
+)
 
 
 @pytest.fixture(scope="module")

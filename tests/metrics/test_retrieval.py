@@ -9,12 +9,14 @@ import torch
 from recfunnel.metrics.retrieval import evaluate_topk, tfrs_accuracy
 
 # Column 0 is the OOV item: its high score must never count. User 3 ties items 1 and 2.
-SCORES = torch.tensor([
-    [0.0, 0, 0, 0, 0, 0],  # user 0: unused
-    [9.0, 5, 4, 3, 2, 1],  # user 1 ranks items 1 2 3 4 5
-    [9.0, 1, 2, 3, 4, 5],  # user 2 ranks items 5 4 3 2 1
-    [9.0, 3, 3, 1, 2, 0],  # user 3 ranks items {1 2} 4 3 5
-])
+SCORES = torch.tensor(
+    [
+        [0.0, 0, 0, 0, 0, 0],  # user 0: unused
+        [9.0, 5, 4, 3, 2, 1],  # user 1 ranks items 1 2 3 4 5
+        [9.0, 1, 2, 3, 4, 5],  # user 2 ranks items 5 4 3 2 1
+        [9.0, 3, 3, 1, 2, 0],  # user 3 ranks items {1 2} 4 3 5
+    ]
+)
 TEST_USERS, TEST_ITEMS = np.array([1, 1, 2, 3]), np.array([2, 4, 5, 2])
 TRAIN_USERS, TRAIN_ITEMS = np.array([1, 2, 3]), np.array([1, 4, 1])
 L3 = 1 / math.log2(3)  # the gain at rank 1 (0-based)
@@ -57,7 +59,9 @@ def test_an_excluded_test_item_is_a_miss_even_with_room_in_the_top_k():
 
 def test_tfrs_accuracy_is_the_no_exclusion_accuracy():
     assert tfrs_accuracy(score, TEST_USERS, TEST_ITEMS, 5, ks=(1, 2)) == {
-        "accuracy_at_1_no_exclusion": 0.25, "accuracy_at_2_no_exclusion": 0.75}
+        "accuracy_at_1_no_exclusion": 0.25,
+        "accuracy_at_2_no_exclusion": 0.75,
+    }
 
 
 def test_repeated_test_pairs_count_once_per_user_and_each_time_for_accuracy():
@@ -81,8 +85,13 @@ def reference(scores: np.ndarray, users, items, ex_users, ex_items, k: int) -> d
         ndcg.append(dcg / (1 / np.log2(np.arange(min(k, len(rel))) + 2)).sum())
         mrr.append(1 / (ranks.min() + 1))
         acc.extend([r < k for r in ranks[np.searchsorted(rel, items[users == u])]])
-    return {f"recall_at_{k}": np.mean(recall), f"ndcg_at_{k}": np.mean(ndcg), f"hit_rate_at_{k}": np.mean(hit),
-            "mrr": np.mean(mrr), f"accuracy_at_{k}": np.mean(acc)}
+    return {
+        f"recall_at_{k}": np.mean(recall),
+        f"ndcg_at_{k}": np.mean(ndcg),
+        f"hit_rate_at_{k}": np.mean(hit),
+        "mrr": np.mean(mrr),
+        f"accuracy_at_{k}": np.mean(acc),
+    }
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -93,8 +102,16 @@ def test_matches_a_per_user_loop_on_random_tied_scores_in_small_batches(dtype):
     users, items = rng.integers(1, n_users + 1, 150), rng.integers(0, n_items + 1, 150)
     ex_users, ex_items = rng.integers(1, n_users + 1, 300), rng.integers(1, n_items + 1, 300)
     table = torch.tensor(scores, dtype=dtype)
-    got = evaluate_topk(lambda u: table[torch.from_numpy(u)], test_users=users, test_items=items, n_items=n_items,
-                        exclude_users=ex_users, exclude_items=ex_items, ks=(5, 10), batch_users=7)
+    got = evaluate_topk(
+        lambda u: table[torch.from_numpy(u)],
+        test_users=users,
+        test_items=items,
+        n_items=n_items,
+        exclude_users=ex_users,
+        exclude_items=ex_items,
+        ks=(5, 10),
+        batch_users=7,
+    )
     for k in (5, 10):
         want = reference(scores, users, items, ex_users, ex_items, k)
         assert {name: got[name] for name in want} == pytest.approx(want)
@@ -104,8 +121,9 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="expected \\(3, 6\\)"):
         evaluate_topk(lambda u: torch.zeros(len(u), 5), test_users=TEST_USERS, test_items=TEST_ITEMS, n_items=5)
     with pytest.raises(ValueError, match="NaN"):
-        evaluate_topk(lambda u: torch.full((len(u), 6), math.nan), test_users=TEST_USERS, test_items=TEST_ITEMS,
-                      n_items=5)
+        evaluate_topk(
+            lambda u: torch.full((len(u), 6), math.nan), test_users=TEST_USERS, test_items=TEST_ITEMS, n_items=5
+        )
     with pytest.raises(ValueError, match="test_items: indices must be in \\[0, 5\\]"):
         evaluate_topk(score, test_users=np.array([1]), test_items=np.array([6]), n_items=5)
     with pytest.raises(ValueError, match="give both or neither"):

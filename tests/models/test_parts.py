@@ -5,7 +5,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recfunnel.config import HeadConfig, load_config
-from recfunnel.data.schema import DenseFeature, Label, Manifest, SparseFeature, SplitInfo
+from recfunnel.data.format.manifest import DenseFeature, Label, Manifest, SparseFeature, SplitInfo
 from recfunnel.errors import ConfigError
 from recfunnel.models.parts import CrossInteraction, DotInteraction, FMInteraction, SparseArch, embedding_tables
 from recfunnel.models.ranker import build_ranker
@@ -13,18 +13,35 @@ from recfunnel.models.two_tower import build_two_tower
 
 
 def manifest(kind: str = "ctr") -> Manifest:
-    sparse = [SparseFeature("user_id", 5), SparseFeature("item_id", 7), SparseFeature("city", 3),
-              SparseFeature("genres", 4, multi_hot=True, max_len=3)]
+    sparse = [
+        SparseFeature("user_id", 5),
+        SparseFeature("item_id", 7),
+        SparseFeature("city", 3),
+        SparseFeature("genres", 4, multi_hot=True, max_len=3),
+    ]
     roles = {"user": "user_id", "item": "item_id", "user_features": ["city", "age"], "item_features": ["genres"]}
-    return Manifest(kind=kind, dense=[DenseFeature("age"), DenseFeature("price")], sparse=sparse,
-                    labels=[Label("click"), Label("rating", "regression")],
-                    splits={"train": SplitInfo(rows=0, blocks=[])}, split={}, block_rows=4, roles=roles)
+    return Manifest(
+        kind=kind,
+        dense=[DenseFeature("age"), DenseFeature("price")],
+        sparse=sparse,
+        labels=[Label("click"), Label("rating", "regression")],
+        splits={"train": SplitInfo(rows=0, blocks=[])},
+        split={},
+        block_rows=4,
+        roles=roles,
+    )
 
 
 def batch(n: int = 3) -> tuple[torch.Tensor, KeyedJaggedTensor]:
     lengths = torch.tensor([1] * n + [1] * n + [1] * n + [2, 0, 1][:n])
-    values = torch.cat([torch.tensor([1, 2, 4][:n]), torch.tensor([3, 6, 1][:n]), torch.tensor([0, 1, 2][:n]),
-                        torch.tensor([1, 3, 2])[: int(lengths[3 * n:].sum())]])
+    values = torch.cat(
+        [
+            torch.tensor([1, 2, 4][:n]),
+            torch.tensor([3, 6, 1][:n]),
+            torch.tensor([0, 1, 2][:n]),
+            torch.tensor([1, 3, 2])[: int(lengths[3 * n :].sum())],
+        ]
+    )
     kjt = KeyedJaggedTensor(keys=["user_id", "item_id", "city", "genres"], values=values, lengths=lengths, stride=n)
     return torch.randn(n, 2), kjt
 
@@ -57,8 +74,9 @@ def test_sparse_arch_mean_pools_multi_hot_and_sums_single_hot():
     m = manifest()
     arch = SparseArch(embedding_tables([m.feature("city"), m.feature("genres")], 2, "mean"))
     tables = arch.embedding_bag_collection.embedding_bags
-    kjt = KeyedJaggedTensor(keys=["city", "genres"], values=torch.tensor([2, 1, 3]), lengths=torch.tensor([1, 2]),
-                            stride=1)
+    kjt = KeyedJaggedTensor(
+        keys=["city", "genres"], values=torch.tensor([2, 1, 3]), lengths=torch.tensor([1, 2]), stride=1
+    )
     out = arch(kjt)
     assert out.shape == (1, 2, 2)
     torch.testing.assert_close(out[0, 0], tables["city"].weight[2])

@@ -116,8 +116,13 @@ def test_save_load_round_trip(kind, tmp_path):
     index.replace(IDS[100:110], ITEMS[:10])
     index.save(tmp_path / "index")
     loaded = VectorIndex.load(tmp_path / "index")
-    assert (loaded.kind, loaded.metric, loaded.dim, loaded.params, len(loaded)) == \
-        (index.kind, index.metric, index.dim, index.params, len(index))
+    assert (loaded.kind, loaded.metric, loaded.dim, loaded.params, len(loaded)) == (
+        index.kind,
+        index.metric,
+        index.dim,
+        index.params,
+        len(index),
+    )
     for got, want in zip(loaded.search(QUERIES, K), index.search(QUERIES, K)):
         np.testing.assert_array_equal(got, want)
     # the loaded index keeps taking updates
@@ -239,8 +244,15 @@ def test_exact_search_pads_like_the_index():
 def test_bench_index_rows():
     from recfunnel.bench.index import bench_index
 
-    rows = bench_index(n=3000, dim=8, queries=20, k=10, repeats=1, params={"hnsw": {"m": 8}},
-                       sweep={"ivf": {"nprobe": (4,)}, "hnsw": {}})
+    rows = bench_index(
+        n=3000,
+        dim=8,
+        queries=20,
+        k=10,
+        repeats=1,
+        params={"hnsw": {"m": 8}},
+        sweep={"ivf": {"nprobe": (4,)}, "hnsw": {}},
+    )
     assert [row["kind"] for row in rows] == ["exact", "ivf", "hnsw"]
     assert rows[0]["recall_at_k"] == 1.0 and rows[1]["params"]["nprobe"] == 4
     assert all(row["queries_per_s"] > 0 and 0 < row["recall_at_k"] <= 1 for row in rows)

@@ -12,8 +12,18 @@ import pytest
 
 from recfunnel.serve.process import ServerProcess
 
-FAST = ["--set", "train.epochs=1", "--set", "train.batch_size=256", "--set", "train.max_steps=8",
-        "--set", "eval.baselines=false", "--set", "tracking.log_checkpoints=false"]
+FAST = [
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.batch_size=256",
+    "--set",
+    "train.max_steps=8",
+    "--set",
+    "eval.baselines=false",
+    "--set",
+    "tracking.log_checkpoints=false",
+]
 MAX_K = 1000
 REGISTERED = f"serve-test-{uuid.uuid4().hex[:8]}"  # the DLRM's registered name in the test MLflow store
 LIMIT = 64 * 1024
@@ -30,8 +40,10 @@ def runs(tmp_path_factory):
     # 300 items for 200 users of ~30 interactions: every user has most items left to recommend
     prepare_synthetic_interactions(6000, root / "pairs", users=200, items=300, quiet=True)
     for model, extra in (("two-tower", []), ("dlrm", ["--set", f"tracking.register_as={REGISTERED}"])):
-        assert main(["train", "--model", model, "--data", str(root / "pairs"), "--out", str(root / model), *FAST,
-                     *extra]) == 0
+        assert (
+            main(["train", "--model", model, "--data", str(root / "pairs"), "--out", str(root / model), *FAST, *extra])
+            == 0
+        )
     assert main(["index", "--run", str(root / "two-tower"), "--out", str(root / "index"), "--quiet"]) == 0
     return root
 
@@ -97,7 +109,7 @@ def test_excluded_items_are_left_out(client, known):
 
 @slow
 def test_unknown_exclude_ids_are_a_warning_not_an_error(client, known):
-    response = recommend(client, user_id=known["users"][0], k=3, exclude=["no-such-item", 10 ** 9])
+    response = recommend(client, user_id=known["users"][0], k=3, exclude=["no-such-item", 10**9])
     assert response.status_code == 200
     assert any("no-such-item" in w for w in response.json()["warnings"])
 
@@ -134,15 +146,19 @@ def test_similar_items_of_a_known_item_and_404_for_an_unknown_one(client, known)
 
 @slow
 def test_health_says_what_is_loaded(client, known):
-    assert client.get("/health").json() == {"status": "ok", "items": len(known["items"]), "ranker": True,
-                                            "index": "exact"}
+    assert client.get("/health").json() == {
+        "status": "ok",
+        "items": len(known["items"]),
+        "ranker": True,
+        "index": "exact",
+    }
 
 
 @slow
 def test_metrics_count_requests_by_route_and_status(client, known):
     def count(text: str, route: str, status: int) -> float:
         prefix = f'recfunnel_http_requests_total{{route="{route}",method="POST",status="{status}"}} '
-        return sum(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
+        return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
 
     before = client.get("/metrics").text
     recommend(client, user_id=known["users"][0], k=2)
@@ -186,14 +202,20 @@ BAD_BODIES = {
     "k a boolean": ('{"user_id": 1, "k": true}', 422, "k: expected an integer, got true"),
     "user_id an object": ('{"user_id": {"a": 1}}', 422, "user_id: expected an integer or a string id, got an object"),
     "exclude not a list": ('{"user_id": 1, "exclude": 5}', 422, "exclude: expected a list, got 5"),
-    "exclude too long": (json.dumps({"user_id": 1, "exclude": list(range(10_001))}), 422,
-                         "exclude: at most 10,000 ids, got 10,001"),
+    "exclude too long": (
+        json.dumps({"user_id": 1, "exclude": list(range(10_001))}),
+        422,
+        "exclude: at most 10,000 ids, got 10,001",
+    ),
     "bad exclude id": ('{"user_id": 1, "exclude": [1, null]}', 422, "exclude.1: expected an integer or a string id"),
     "extra field": ('{"user_id": 1, "kk": 5}', 422, "kk: unknown field"),
     "features not an object": ('{"user_id": 1, "features": [1]}', 422, "features: expected a JSON object"),
     "a nested feature value": ('{"user_id": 1, "features": {"segment": {"a": 1}}}', 422, "features.segment: expected"),
-    "a list for a single-hot feature": ('{"user_id": 1, "features": {"segment": [1, 2]}}', 422,
-                                        "features.segment: expected one value"),
+    "a list for a single-hot feature": (
+        '{"user_id": 1, "features": {"segment": [1, 2]}}',
+        422,
+        "features.segment: expected one value",
+    ),
 }
 
 
@@ -241,13 +263,16 @@ def test_the_server_still_answers_after_refusing_bodies(client, known):
 
 
 @slow
-@pytest.mark.parametrize("path, status, message", [
-    ("/similar-items/1?k=0", 422, f"k: must be between 1 and {MAX_K}, got 0"),
-    ("/similar-items/1?k=5000", 422, f"k: must be between 1 and {MAX_K}, got 5000"),
-    ("/similar-items/1?k=many", 422, "k: expected an integer, got 'many'"),
-    ("/no-such-route", 404, "no route GET /no-such-route"),
-    ("/recommend", 405, "GET /recommend: method not allowed; use POST"),
-])
+@pytest.mark.parametrize(
+    "path, status, message",
+    [
+        ("/similar-items/1?k=0", 422, f"k: must be between 1 and {MAX_K}, got 0"),
+        ("/similar-items/1?k=5000", 422, f"k: must be between 1 and {MAX_K}, got 5000"),
+        ("/similar-items/1?k=many", 422, "k: expected an integer, got 'many'"),
+        ("/no-such-route", 404, "no route GET /no-such-route"),
+        ("/recommend", 405, "GET /recommend: method not allowed; use POST"),
+    ],
+)
 def test_a_bad_get_gets_a_4xx_naming_the_problem(client, path, status, message):
     response = client.get(path)
     assert response.status_code == status and message in response.json()["error"]
@@ -270,10 +295,15 @@ def test_models_load_from_mlflow_uris_and_answer_the_same(runs, client, known):
 
 
 @slow
-def test_an_mlflow_run_without_an_index_is_a_one_line_error(cli, runs):
+def test_an_mlflow_model_serves_without_an_index_or_its_dataset(runs, client, known):
+    """The logged model folder carries what the funnel needs of the training data (seen items,
+    popularity): an exact index is built in memory and the answers are the local server's."""
     run_id = json.loads((runs / "two-tower" / "mlflow.json").read_text())["run_id"]
-    code, out, err = cli("serve", "--run", f"runs:/{run_id}/model", "--port", "0")
-    assert code == 2 and "--index INDEX_DIR" in err and len(err.strip().splitlines()) == 1
+    server = ServerProcess(["--run", f"runs:/{run_id}/model", "--ranker", f"models:/{REGISTERED}/latest"])
+    with server, httpx.Client(base_url=server.url, timeout=30) as mlflow_client:
+        for user in known["users"][:3]:
+            ours = mlflow_client.post("/recommend", json={"user_id": user, "k": 5}).json()
+            assert ours["source"] == "user" and ours["items"] == recommend(client, user_id=user, k=5).json()["items"]
 
 
 def test_a_missing_run_folder_is_a_one_line_error(cli, tmp_path):
@@ -295,16 +325,18 @@ class StubFunnel:
     """What the app uses of a Funnel: items 1..5, one known user (7), one user feature (segment)."""
 
     def __init__(self):
-        import numpy as np
         from types import SimpleNamespace
+
+        import numpy as np
 
         self.users, self.items = SimpleNamespace(raw_ids=np.array([7])), SimpleNamespace(raw_ids=np.arange(1, 6))
         self.index, self.ranker = SimpleNamespace(vectors=_Vectors()), None
-        self.manifest = SimpleNamespace(roles={"user_features": ["segment"]}, dense=[],
-                                        feature=lambda name: SimpleNamespace(multi_hot=False))
+        self.manifest = SimpleNamespace(
+            roles={"user_features": ["segment"]}, dense=[], feature=lambda name: SimpleNamespace(multi_hot=False)
+        )
 
     def recommend(self, user_id=None, k=10, exclude=(), features=None):
-        from recfunnel.retrieval.funnel import Recommendation
+        from recfunnel.funnel.pipeline import Recommendation
 
         items = [(i, 1 / i) for i in range(1, 6) if i not in exclude][:k]
         return Recommendation(items, {"retrieve": 0.1}, "user" if user_id == 7 else "popular", [])
@@ -332,16 +364,26 @@ def test_the_stub_app_answers_like_the_real_one_and_k_defaults_to_at_most_max_k(
     from recfunnel.serve.app import create_app
 
     app = create_app(StubFunnel(), max_k=3)
-    known, similar, missing, health = ask(app, ("POST", "/recommend", {"user_id": 7, "exclude": [1]}),
-                                          ("GET", "/similar-items/2", None), ("GET", "/similar-items/9", None),
-                                          ("GET", "/health", None))
-    assert known.json()["items"] == [{"item_id": 2, "score": 0.5, "rank": 1},
-                                     {"item_id": 3, "score": 1 / 3, "rank": 2},
-                                     {"item_id": 4, "score": 0.25, "rank": 3}]
+    known, similar, missing, health = ask(
+        app,
+        ("POST", "/recommend", {"user_id": 7, "exclude": [1]}),
+        ("GET", "/similar-items/2", None),
+        ("GET", "/similar-items/9", None),
+        ("GET", "/health", None),
+    )
+    assert known.json()["items"] == [
+        {"item_id": 2, "score": 0.5, "rank": 1},
+        {"item_id": 3, "score": 1 / 3, "rank": 2},
+        {"item_id": 4, "score": 0.25, "rank": 3},
+    ]
     assert set(known.json()["timings_ms"]) == {"retrieve", "queue", "total"}
     assert [i["item_id"] for i in similar.json()["items"]] == [1, 3, 4] and similar.json()["item_id"] == 2
-    assert missing.status_code == 404 and health.json() == {"status": "ok", "items": 5, "ranker": False,
-                                                            "index": "exact"}
+    assert missing.status_code == 404 and health.json() == {
+        "status": "ok",
+        "items": 5,
+        "ranker": False,
+        "index": "exact",
+    }
 
 
 def test_an_internal_error_is_a_one_line_500_and_is_counted(monkeypatch, caplog):
@@ -354,8 +396,7 @@ def test_an_internal_error_is_a_one_line_500_and_is_counted(monkeypatch, caplog)
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(funnel, "recommend", broken)
-    failed, too_many = ask(app, ("POST", "/recommend", {"user_id": 1}),
-                           ("POST", "/recommend", {"user_id": 1, "k": 21}))
+    failed, too_many = ask(app, ("POST", "/recommend", {"user_id": 1}), ("POST", "/recommend", {"user_id": 1, "k": 21}))
     assert failed.status_code == 500
     assert failed.json() == {"error": "internal error (RuntimeError); the server log has the details"}
     assert too_many.json()["error"] == "k: must be between 1 and 20, got 21"
@@ -375,8 +416,9 @@ def test_a_request_the_funnel_refuses_is_a_422_with_its_message(monkeypatch):
 
     monkeypatch.setattr(funnel, "recommend", refuse)
     [response] = ask(app, ("POST", "/recommend", {"user_id": None, "features": {"segment": "x"}}))
-    assert response.status_code == 422 and response.json() == {"error": "features.segment: 'x' is not a value the "
-                                                                         "model knows"}
+    assert response.status_code == 422 and response.json() == {
+        "error": "features.segment: 'x' is not a value the model knows"
+    }
 
 
 def test_create_app_refuses_bad_limits():
@@ -396,18 +438,20 @@ def test_metrics_text_by_hand():
     metrics.observe_funnel("user", {"retrieve": 1.5, "rank": 2.0})
     metrics.observe_funnel("popular", {"retrieve": 0.5})
     lines = set(metrics.render().splitlines())
-    assert {'recfunnel_http_requests_total{route="/recommend",method="POST",status="200"} 2',
-            'recfunnel_http_requests_total{route="/recommend",method="POST",status="422"} 1',
-            'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="0.001"} 1',
-            'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="0.0025"} 1',
-            'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="0.005"} 3',
-            'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="+Inf"} 3',
-            'recfunnel_http_request_duration_seconds_sum{route="/recommend"} 0.007400',
-            'recfunnel_http_request_duration_seconds_count{route="/recommend"} 3',
-            'recfunnel_http_request_latency_seconds{route="/recommend",quantile="0.5"} 0.003000',
-            'recfunnel_funnel_stage_seconds_sum{stage="retrieve"} 0.002000',
-            'recfunnel_funnel_stage_seconds_count{stage="retrieve"} 2',
-            'recfunnel_recommendations_total{source="popular"} 1'} <= lines
+    assert {
+        'recfunnel_http_requests_total{route="/recommend",method="POST",status="200"} 2',
+        'recfunnel_http_requests_total{route="/recommend",method="POST",status="422"} 1',
+        'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="0.001"} 1',
+        'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="0.0025"} 1',
+        'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="0.005"} 3',
+        'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="+Inf"} 3',
+        'recfunnel_http_request_duration_seconds_sum{route="/recommend"} 0.007400',
+        'recfunnel_http_request_duration_seconds_count{route="/recommend"} 3',
+        'recfunnel_http_request_latency_seconds{route="/recommend",quantile="0.5"} 0.003000',
+        'recfunnel_funnel_stage_seconds_sum{stage="retrieve"} 0.002000',
+        'recfunnel_funnel_stage_seconds_count{stage="retrieve"} 2',
+        'recfunnel_recommendations_total{source="popular"} 1',
+    } <= lines
     assert metrics.requests("/recommend") == 3 and metrics.requests(status=422) == 1
 
 
@@ -418,8 +462,15 @@ def test_metrics_text_by_hand():
 def test_the_serving_benchmark_measures_a_short_load(runs, capsys):
     from recfunnel.bench.serve import bench_serve, print_serve
 
-    result = bench_serve(runs / "two-tower", ranker=runs / "dlrm", index=runs / "index", rate=[40, 80], seconds=1.0,
-                         warmup=0.2, candidates=50)
+    result = bench_serve(
+        runs / "two-tower",
+        ranker=runs / "dlrm",
+        index=runs / "index",
+        rate=[40, 80],
+        seconds=1.0,
+        warmup=0.2,
+        candidates=50,
+    )
     assert [r["rate"] for r in result["runs"]] == [40, 80]
     for r in result["runs"]:
         assert r["errors"] == 0 and r["ok"] + r["dropped"] == r["scheduled"] == round(r["rate"])

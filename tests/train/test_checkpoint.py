@@ -8,17 +8,19 @@ import pytest
 import torch
 
 from recfunnel.config import load_config
-from recfunnel.train.artifacts import build_model
+from recfunnel.store.model import build_model
 from recfunnel.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from recfunnel.train.distributed import init_embeddings, init_world, wrap
 from recfunnel.train.loop import full_state_dict
-from recfunnel.train.plan import forced_plan
+from recfunnel.train.sharding import forced_plan
 from tests.models.test_parts import batch, manifest
 
 
 def wrapped(overrides=(), sharding=None, seed=0):
-    config = load_config("dlrm", overrides=list(overrides) + (
-        [f"sharding.tables=[{{table: '*', type: {sharding}}}]"] if sharding else []))
+    config = load_config(
+        "dlrm",
+        overrides=list(overrides) + ([f"sharding.tables=[{{table: '*', type: {sharding}}}]"] if sharding else []),
+    )
     world = init_world()
     torch.manual_seed(seed)
     model = build_model(config, manifest(), device="meta")

@@ -16,29 +16,40 @@ from recfunnel.train import spark_launch
 from recfunnel.train.launch import without_launcher
 
 UNCLOSED_PIPE = "ignore:unclosed file <_io.BufferedReader:ResourceWarning"
-TRAIN = ["--set", "train.epochs=1", "--set", "train.batch_size=256", "--set", "eval.baselines=false"]
+OVERRIDES = ["train.epochs=1", "train.batch_size=256", "eval.baselines=false"]
 
 
-@pytest.mark.parametrize("argv, kept", [
-    (["--launcher", "torchrun", "--nproc=4"], []),
-    (["--launcher=spark", "--num-processes", "2", "--spark-master", "local[2]", "--local-mode"], []),
-    (["--num-processes=2", "--spark-master=spark://h:7077", "--no-local-mode"], []),
-    (["--set", "train.epochs=1", "--launcher", "spark", "--quiet"], ["--set", "train.epochs=1", "--quiet"]),
-])
+@pytest.mark.parametrize(
+    "argv, kept",
+    [
+        (["--launcher", "torchrun", "--nproc=4"], []),
+        (["--launcher=spark", "--num-processes", "2", "--spark-master", "local[2]", "--local-mode"], []),
+        (["--num-processes=2", "--spark-master=spark://h:7077", "--no-local-mode"], []),
+        (["--set", "train.epochs=1", "--launcher", "spark", "--quiet"], ["--set", "train.epochs=1", "--quiet"]),
+    ],
+)
 def test_launcher_options_are_dropped_and_the_rest_kept_in_order(argv, kept):
-    assert without_launcher(["train", "--model", "dlrm", *argv, "--out", "r"]) == ["train", "--model", "dlrm",
-                                                                                   *kept, "--out", "r"]
+    assert without_launcher(["train", "--model", "dlrm", *argv, "--out", "r"]) == [
+        "train",
+        "--model",
+        "dlrm",
+        *kept,
+        "--out",
+        "r",
+    ]
 
 
 def test_the_spark_launcher_does_not_import_pyspark_until_it_runs():
-    code = ("import sys, recfunnel.cli, recfunnel.train.spark_launch; "
-            "print(any(m.startswith('pyspark') for m in sys.modules))")
+    code = (
+        "import sys, recfunnel.cli, recfunnel.train.spark_launch; "
+        "print(any(m.startswith('pyspark') for m in sys.modules))"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
 def test_fewer_than_one_process_is_refused():
     with pytest.raises(RecfunnelError, match="--num-processes: expected an integer >= 1, got 0"):
-        spark_launch.run_spark(["train"], num_processes=0)
+        spark_launch.run_spark({}, num_processes=0)
 
 
 class _Session:
@@ -50,10 +61,17 @@ class _Session:
         return self._conf.get(key, default)
 
 
-@pytest.mark.parametrize("master, task_cpus, ok", [
-    ("local[2]", "1", True), ("local[1]", "1", False), ("local[4]", "2", True), ("local[2,3]", "2", False),
-    ("local", "1", False), ("spark://host:7077", "1", True),  # a cluster's slots are not known here
-])
+@pytest.mark.parametrize(
+    "master, task_cpus, ok",
+    [
+        ("local[2]", "1", True),
+        ("local[1]", "1", False),
+        ("local[4]", "2", True),
+        ("local[2,3]", "2", False),
+        ("local", "1", False),
+        ("spark://host:7077", "1", True),  # a cluster's slots are not known here
+    ],
+)
 def test_a_local_master_needs_a_task_slot_per_process(master, task_cpus, ok):
     session = _Session(**{"spark.master": master, "spark.task.cpus": task_cpus})
     if ok:
@@ -86,8 +104,13 @@ def test_another_master_than_the_active_sessions_is_refused(monkeypatch):
 def world(monkeypatch):
     """Rank 1 of 2 as one Spark task's torchrun sees it (local_mode=False); ``exchanged`` = what
     the other ranks say, or None if no exchange may happen."""
-    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                       "CUDA_VISIBLE_DEVICES": ""}.items():
+    for key, value in {
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "0",
+        "LOCAL_WORLD_SIZE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }.items():
         monkeypatch.setenv(key, value)
     peers = {"value": None}
 
@@ -143,10 +166,26 @@ def test_two_single_process_torchruns_on_this_host_find_each_other(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
-                               f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=t", "--nproc_per_node=1", str(script)],
-                              env={**os.environ, "CUDA_VISIBLE_DEVICES": str(7 - node)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node_rank={node}",
+                f"--rdzv_endpoint=127.0.0.1:{port}",
+                "--rdzv_id=t",
+                "--nproc_per_node=1",
+                str(script),
+            ],
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": str(7 - node)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     lines = sorted(out.strip().splitlines()[-1] for out, _ in outs)
@@ -161,8 +200,30 @@ def ctr(tmp_path_factory):
     from recfunnel.cli import main
 
     data = tmp_path_factory.mktemp("data") / "ctr"
-    assert main(["prepare", "synthetic", "--rows", "4000", "--sparse", "4", "--multi-hot", "1", "--dense", "3",
-                 "--interactions", "2", "--block-rows", "256", "--out", str(data), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "synthetic",
+                "--rows",
+                "4000",
+                "--sparse",
+                "4",
+                "--multi-hot",
+                "1",
+                "--dense",
+                "3",
+                "--interactions",
+                "2",
+                "--block-rows",
+                "256",
+                "--out",
+                str(data),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return data
 
 
@@ -173,17 +234,19 @@ def _no_spark_left():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("local_mode", [
-    pytest.param(False, id="spark-tasks"),
-    # TorchDistributor leaves the pipe of its torchrun child unclosed (in the driver: local_mode)
-    pytest.param(True, id="driver", marks=pytest.mark.filterwarnings(UNCLOSED_PIPE)),
-])
+@pytest.mark.parametrize(
+    "local_mode",
+    [
+        pytest.param(False, id="spark-tasks"),
+        # TorchDistributor leaves the pipe of its torchrun child unclosed (in the driver: local_mode)
+        pytest.param(True, id="driver", marks=pytest.mark.filterwarnings(UNCLOSED_PIPE)),
+    ],
+)
 def test_two_ranks_train_through_torch_distributor(ctr, tmp_path, capsys, local_mode):
     run = tmp_path / "run"
-    argv = ["train", "--model", "dlrm", "--data", str(ctr), "--out", str(run), *TRAIN,
-            "--launcher", "spark", "--num-processes", "2", "--local-mode" if local_mode else "--no-local-mode"]
+    train_args = {"model_kind": "dlrm", "data": str(ctr), "out": str(run), "overrides": OVERRIDES}
     start = time.perf_counter()
-    assert spark_launch.run_spark(argv, num_processes=2, local_mode=local_mode, use_gpu=False) == 0
+    assert spark_launch.run_spark(train_args, num_processes=2, local_mode=local_mode, use_gpu=False) == 0
     seconds = time.perf_counter() - start
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train"]["world_size"] == 2
@@ -199,8 +262,13 @@ def test_two_ranks_train_through_torch_distributor(ctr, tmp_path, capsys, local_
 
 @pytest.mark.slow
 def test_a_user_mistake_in_the_ranks_is_one_line_and_an_exit_code(tmp_path, capsys):
-    argv = ["train", "--model", "dlrm", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"), *TRAIN]
-    assert spark_launch.run_spark(argv, num_processes=2, use_gpu=False) == 2
+    train_args = {
+        "model_kind": "dlrm",
+        "data": str(tmp_path / "nothing"),
+        "out": str(tmp_path / "run"),
+        "overrides": OVERRIDES,
+    }
+    assert spark_launch.run_spark(train_args, num_processes=2, use_gpu=False) == 2
     err = capsys.readouterr().err
     assert err.count("recfunnel: error:") == 1 and "no manifest" in err, err
     assert "Traceback" not in err

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from recfunnel.data.catalog import Catalog
-from recfunnel.data.loader import StreamingBatchLoader
-from recfunnel.data.schema import load_manifest
+from recfunnel.data.format.catalog import Catalog
+from recfunnel.data.format.manifest import load_manifest
+from recfunnel.data.stream.loader import StreamingBatchLoader
 from recfunnel.errors import ConfigError
 from recfunnel.train.negatives import NegativeSampler
 
@@ -55,12 +55,33 @@ def test_evaluation_negatives_are_the_same_each_time(data):
 
 
 def test_only_interaction_data_and_binary_heads_take_negatives(cli, data, tmp_path):
-    code, _, err = cli("train", "--model", "dlrm", "--data", data, "--out", tmp_path / "r", "--quiet",
-                       "--set", "train.sampled_negatives=2",
-                       "--set", "model.heads=[{label: label}, {label: rating, kind: regression}]")
+    code, _, err = cli(
+        "train",
+        "--model",
+        "dlrm",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "r",
+        "--quiet",
+        "--set",
+        "train.sampled_negatives=2",
+        "--set",
+        "model.heads=[{label: label}, {label: rating, kind: regression}]",
+    )
     assert code != 0 and "only binary heads can take sampled negatives" in err
-    code, _, err = cli("train", "--model", "two-tower", "--data", data, "--out", tmp_path / "r", "--quiet",
-                       "--set", "train.sampled_negatives=2")
+    code, _, err = cli(
+        "train",
+        "--model",
+        "two-tower",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "r",
+        "--quiet",
+        "--set",
+        "train.sampled_negatives=2",
+    )
     assert code != 0 and "a two-tower model samples its own" in err
     with pytest.raises(ConfigError, match="train.negative_sampling: expected uniform or popularity"):
         from recfunnel.config import load_config

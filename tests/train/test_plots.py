@@ -16,8 +16,9 @@ def png(fig) -> bytes:
 
 def test_training_curves_has_a_loss_panel_and_one_per_val_metric():
     history = [{"step": s, "epoch": s / 10, "train_loss": 1 / (1 + s)} for s in range(0, 30, 5)]
-    history += [{"epoch": e, "split": "val", "auc": 0.6 + e / 100, "recall_at_100": 0.1 * e, "note": "x"}
-                for e in (1, 2, 3)]
+    history += [
+        {"epoch": e, "split": "val", "auc": 0.6 + e / 100, "recall_at_100": 0.1 * e, "note": "x"} for e in (1, 2, 3)
+    ]
     fig = training_curves(history)
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == ["training loss", "val auc", "val recall_at_100"]
@@ -37,8 +38,11 @@ def test_calibration_plot_skips_empty_bins():
 
 
 def test_metric_comparison_groups_bars_by_metric():
-    rows = {"two-tower": {"recall_at_10": 0.2, "recall_at_100": 0.5}, "most-popular": {"recall_at_10": 0.1},
-            "ease": {"recall_at_10": 0.25, "recall_at_100": 0.55}}
+    rows = {
+        "two-tower": {"recall_at_10": 0.2, "recall_at_100": 0.5},
+        "most-popular": {"recall_at_10": 0.1},
+        "ease": {"recall_at_10": 0.25, "recall_at_100": 0.55},
+    }
     fig = metric_comparison(rows, ["recall_at_10", "recall_at_100"])
     ax = fig.axes[0]
     heights = [p.get_height() for p in ax.patches]

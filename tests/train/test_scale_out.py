@@ -18,8 +18,20 @@ QUICK = ["--quiet", "--set", "eval.baselines=false", "--set", "train.log_every=5
 
 
 def train(data: Path, out: Path, *args: str, model: str = "dlrm") -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "recfunnel.cli", "train", "--model", model, "--data", str(data), "--out", str(out),
-           *QUICK, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recfunnel.cli",
+        "train",
+        "--model",
+        model,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *QUICK,
+        *args,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -34,7 +46,7 @@ def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
     (path.parent / "whole.pt").unlink()
     out = {}
     for group, values in state.items():
-        for key, value in (values.items() if isinstance(values, dict) else []):
+        for key, value in values.items() if isinstance(values, dict) else []:
             if isinstance(value, torch.Tensor):
                 out[f"{group}.{key}"] = value
             elif isinstance(value, dict):  # optimizer state per parameter
@@ -53,22 +65,60 @@ def blocks256(tmp_path_factory):
     from recfunnel.cli import main
 
     out = tmp_path_factory.mktemp("data") / "ctr"
-    assert main(["prepare", "synthetic", "--rows", "6000", "--sparse", "6", "--multi-hot", "1", "--dense", "3", "--interactions", "2",
-                 "--block-rows", "256", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "synthetic",
+                "--rows",
+                "6000",
+                "--sparse",
+                "6",
+                "--multi-hot",
+                "1",
+                "--dense",
+                "3",
+                "--interactions",
+                "2",
+                "--block-rows",
+                "256",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 # SGD, not Adam or Adagrad: their first steps are nearly sign(gradient), which would hide a wrong
 # gradient scale. No dropout: its masks come from each rank's own generator.
-SAME_STEPS = ["--set", "train.max_steps=3", "--set", "train.epochs=1", "--set", "train.window_blocks=1",
-              "--set", "model.dropout=0", "--set", "train.dense_optimizer.name=sgd",
-              "--set", "train.dense_optimizer.lr=0.5", "--set", "train.embedding_optimizer.name=sgd",
-              "--set", "train.embedding_optimizer.lr=5"]
+SAME_STEPS = [
+    "--set",
+    "train.max_steps=3",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.window_blocks=1",
+    "--set",
+    "model.dropout=0",
+    "--set",
+    "train.dense_optimizer.name=sgd",
+    "--set",
+    "train.dense_optimizer.lr=0.5",
+    "--set",
+    "train.embedding_optimizer.name=sgd",
+    "--set",
+    "train.embedding_optimizer.lr=5",
+]
 
 
-@pytest.mark.parametrize("launcher", [["--launcher", "torchrun", "--nproc", "2"],
-                                      ["--launcher", "spark", "--num-processes", "2", "--no-local-mode"]],
-                         ids=["torchrun", "spark"])
+@pytest.mark.parametrize(
+    "launcher",
+    [["--launcher", "torchrun", "--nproc", "2"], ["--launcher", "spark", "--num-processes", "2", "--no-local-mode"]],
+    ids=["torchrun", "spark"],
+)
 def test_two_processes_train_the_same_parameters_as_one(blocks256, tmp_path, launcher):
     train(blocks256, tmp_path / "one", *SAME_STEPS, "--set", "train.batch_size=512")
     train(blocks256, tmp_path / "two", *SAME_STEPS, "--set", "train.batch_size=256", *launcher)
@@ -79,8 +129,8 @@ def test_two_processes_train_the_same_parameters_as_one(blocks256, tmp_path, lau
     assert worst <= 1e-5, f"largest difference {worst}"
     # ... and the three steps did move the weights (from the seeded initial ones)
     from recfunnel.config import load_config
-    from recfunnel.data.schema import load_manifest
-    from recfunnel.train.artifacts import build_model
+    from recfunnel.data.format.manifest import load_manifest
+    from recfunnel.store.model import build_model
 
     torch.manual_seed(42)
     initial = build_model(load_config("dlrm"), load_manifest(blocks256), device="meta").state_dict()
@@ -119,13 +169,29 @@ def test_a_sigkilled_run_resumes_to_the_same_result(tmp_path, model, data_kind):
     from recfunnel.cli import main
 
     data = tmp_path / data_kind
-    extra = ["--kind", "interactions"] if data_kind == "pairs" else ["--sparse", "6", "--dense", "3", "--interactions", "2"]
-    assert main(["prepare", "synthetic", "--rows", "8000", *extra, "--block-rows", "512", "--out", str(data),
-                 "--quiet"]) == 0
+    extra = (
+        ["--kind", "interactions"] if data_kind == "pairs" else ["--sparse", "6", "--dense", "3", "--interactions", "2"]
+    )
+    assert (
+        main(["prepare", "synthetic", "--rows", "8000", *extra, "--block-rows", "512", "--out", str(data), "--quiet"])
+        == 0
+    )
     args = ["--set", "train.epochs=2", "--set", "train.batch_size=64", "--set", "train.checkpoint_every=4"]
     train(data, tmp_path / "whole", *args, model=model)
-    cmd = [sys.executable, "-m", "recfunnel.cli", "train", "--model", model, "--data", str(data),
-           "--out", str(tmp_path / "killed"), *QUICK, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recfunnel.cli",
+        "train",
+        "--model",
+        model,
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "killed"),
+        *QUICK,
+        *args,
+    ]
     killed_at = kill_mid_epoch(cmd, tmp_path / "killed", after_step=12)
     assert not (tmp_path / "killed" / "metrics.json").exists()
     train(data, tmp_path / "killed", "--resume", model=model)
@@ -149,8 +215,19 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(blocks256, tmp_path
         return ["--launcher", "torchrun", "--nproc", str(n)] if n > 1 else []
 
     run = tmp_path / "run"
-    train(blocks256, run, "--set", "train.epochs=2", "--set", "train.batch_size=128",
-          "--set", "train.checkpoint_every=5", "--set", "train.max_steps=5", *launch(before))
+    train(
+        blocks256,
+        run,
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.batch_size=128",
+        "--set",
+        "train.checkpoint_every=5",
+        "--set",
+        "train.max_steps=5",
+        *launch(before),
+    )
     assert json.loads((run / "metrics.json").read_text())["train"]["world_size"] == before
     (run / "metrics.json").unlink()  # as if it had been stopped there
     train(blocks256, run, "--resume", "--set", "train.max_steps=0", *launch(after))

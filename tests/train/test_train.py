@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from recfunnel.train.artifacts import load_trained
+from recfunnel.store.model import load_trained
 
 FAST = ["--set", "train.epochs=2", "--set", "train.batch_size=256", "--set", "train.log_every=5"]
 
@@ -19,10 +19,44 @@ def datasets(tmp_path_factory):
     from recfunnel.cli import main
 
     root = tmp_path_factory.mktemp("data")
-    assert main(["prepare", "synthetic", "--kind", "interactions", "--rows", "6000", "--out",
-                 str(root / "pairs"), "--quiet"]) == 0
-    assert main(["prepare", "synthetic", "--rows", "8000", "--sparse", "4", "--multi-hot", "1", "--dense", "3", "--interactions", "2",
-                 "--out", str(root / "ctr"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "synthetic",
+                "--kind",
+                "interactions",
+                "--rows",
+                "6000",
+                "--out",
+                str(root / "pairs"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "prepare",
+                "synthetic",
+                "--rows",
+                "8000",
+                "--sparse",
+                "4",
+                "--multi-hot",
+                "1",
+                "--dense",
+                "3",
+                "--interactions",
+                "2",
+                "--out",
+                str(root / "ctr"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -31,8 +65,23 @@ def two_tower_run(datasets, tmp_path_factory):
     from recfunnel.cli import main
 
     run = tmp_path_factory.mktemp("runs") / "tt"
-    assert main(["train", "--model", "two-tower", "--data", str(datasets / "pairs"), "--out", str(run), *FAST,
-                 "--set", "tracking.register_as=tiny-two-tower"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "two-tower",
+                "--data",
+                str(datasets / "pairs"),
+                "--out",
+                str(run),
+                *FAST,
+                "--set",
+                "tracking.register_as=tiny-two-tower",
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -123,15 +172,22 @@ def test_dlrm_pyfunc_scores_a_dataframe_like_the_model(dlrm_run, datasets):
     assert probs.shape == (2,) and ((probs > 0) & (probs < 1)).all()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "two-tower", "--data", "{ctr}"], "two-tower needs a user-item interactions dataset"),
-    (["--model", "dlrm", "--data", "{ctr}", "--set", "model.features=[cat_0, nope]"],
-     "model.features: no feature 'nope' in the dataset"),
-    (["--model", "dlrm", "--data", "{ctr}", "--set", "model.heads=[{label: clicked}]"],
-     "model.heads[0].label: no label 'clicked'"),
-    (["--model", "dlrm", "--data", "{ctr}", "--set", "train.batch_size=-3"], "train.batch_size: expected"),
-    (["--model", "dlrm", "--data", "{missing}"], "no manifest"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "two-tower", "--data", "{ctr}"], "two-tower needs a user-item interactions dataset"),
+        (
+            ["--model", "dlrm", "--data", "{ctr}", "--set", "model.features=[cat_0, nope]"],
+            "model.features: no feature 'nope' in the dataset",
+        ),
+        (
+            ["--model", "dlrm", "--data", "{ctr}", "--set", "model.heads=[{label: clicked}]"],
+            "model.heads[0].label: no label 'clicked'",
+        ),
+        (["--model", "dlrm", "--data", "{ctr}", "--set", "train.batch_size=-3"], "train.batch_size: expected"),
+        (["--model", "dlrm", "--data", "{missing}"], "no manifest"),
+    ],
+)
 def test_mismatches_fail_before_training_with_one_line(cli, datasets, tmp_path, args, message):
     args = [a.replace("{ctr}", str(datasets / "ctr")).replace("{missing}", str(tmp_path / "nothing")) for a in args]
     code, out, err = cli("train", *args, "--out", tmp_path / "run")
@@ -169,8 +225,19 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(datasets, t
 
 def test_multi_task_ranker_reports_every_head(cli, datasets, tmp_path):
     run = tmp_path / "mt"
-    code, out, err = cli("train", "--model", "deepfm", "--data", datasets / "pairs", "--out", run, *FAST, "--quiet",
-                         "--set", "model.heads=[{label: label}, {label: rating, kind: regression, weight: 0.1}]")
+    code, out, err = cli(
+        "train",
+        "--model",
+        "deepfm",
+        "--data",
+        datasets / "pairs",
+        "--out",
+        run,
+        *FAST,
+        "--quiet",
+        "--set",
+        "model.heads=[{label: label}, {label: rating, kind: regression, weight: 0.1}]",
+    )
     assert code == 0, err
     test = json.loads((run / "metrics.json").read_text())["test"]
     assert 0 <= test["label_auc"] <= 1 and test["rating_rmse"] > 0
@@ -184,8 +251,28 @@ def test_evaluate_on_data_recomputes_and_refuses_a_mismatched_dataset(cli, dlrm_
     reported = json.loads((dlrm_run / "metrics.json").read_text())["test"]
     assert again["auc"] == pytest.approx(reported["auc"], abs=1e-6)
     other = tmp_path / "other"
-    assert cli("prepare", "synthetic", "--rows", "3000", "--sparse", "4", "--multi-hot", "1", "--dense", "3",
-               "--interactions", "2", "--cardinality", "50", "--out", other, "--quiet")[0] == 0
+    assert (
+        cli(
+            "prepare",
+            "synthetic",
+            "--rows",
+            "3000",
+            "--sparse",
+            "4",
+            "--multi-hot",
+            "1",
+            "--dense",
+            "3",
+            "--interactions",
+            "2",
+            "--cardinality",
+            "50",
+            "--out",
+            other,
+            "--quiet",
+        )[0]
+        == 0
+    )
     code, out, err = cli("evaluate", "--run", dlrm_run, "--data", other)
     assert code == 2 and "has cardinality 50" in err and "the model's table has" in err, err
 
@@ -194,10 +281,27 @@ def test_evaluate_on_data_recomputes_and_refuses_a_mismatched_dataset(cli, dlrm_
 def test_two_tower_beats_most_popular_clearly_on_movielens(cli, tmp_path):
     """The TensorFlow Recommenders protocol; the full default run's figures are in `bench quality`."""
     data, run = tmp_path / "ml", tmp_path / "run"
-    assert cli("prepare", "movielens", "--variant", "ml-100k", "--label", "all", "--val-fraction", "0",
-               "--test-fraction", "0.2", "--out", data, "--quiet")[0] == 0
-    code, out, err = cli("train", "--model", "two-tower", "--data", data, "--out", run, "--quiet",
-                         "--set", "train.epochs=3")
+    assert (
+        cli(
+            "prepare",
+            "movielens",
+            "--variant",
+            "ml-100k",
+            "--label",
+            "all",
+            "--val-fraction",
+            "0",
+            "--test-fraction",
+            "0.2",
+            "--out",
+            data,
+            "--quiet",
+        )[0]
+        == 0
+    )
+    code, out, err = cli(
+        "train", "--model", "two-tower", "--data", data, "--out", run, "--quiet", "--set", "train.epochs=3"
+    )
     assert code == 0, err
     metrics = json.loads((run / "metrics.json").read_text())
     popular = metrics["baselines"]["most_popular"]["test"]["accuracy_at_100"]
@@ -221,8 +325,24 @@ def test_two_process_run_saves_a_model_equal_to_its_sharded_self(datasets, tmp_p
     import sys
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "recfunnel.cli", "train", "--model", "dlrm", "--data", str(datasets / "ctr"),
-           "--out", str(run), "--quiet", *FAST, "--launcher", "torchrun", "--nproc", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recfunnel.cli",
+        "train",
+        "--model",
+        "dlrm",
+        "--data",
+        str(datasets / "ctr"),
+        "--out",
+        str(run),
+        "--quiet",
+        *FAST,
+        "--launcher",
+        "torchrun",
+        "--nproc",
+        "2",
+    ]
     if sharding:
         cmd += ["--set", f"sharding.tables={sharding}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -39,14 +39,16 @@ class EASE:
         self.history: sp.csr_matrix | None = None  # X, binary (n_users + 1, n_items + 1)
         self.fit_seconds = 0.0
 
-    def fit(self, users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> "EASE":
+    def fit(self, users: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> EASE:
         """Fit on the pairs ``(users, items)`` int (n,) with users in 0..n_users, items in 1..n_items.
 
         Repeated pairs count once; pairs with item 0 (OOV) are ignored.
         """
         if n_items > MAX_ITEMS:
-            raise RecfunnelError(f"EASE needs an n_items² matrix: {n_items} items is over its limit of {MAX_ITEMS}; "
-                                 "use most-popular or a two-tower model for this catalogue")
+            raise RecfunnelError(
+                f"EASE needs an n_items² matrix: {n_items} items is over its limit of {MAX_ITEMS}; "
+                "use most-popular or a two-tower model for this catalogue"
+            )
         start = time.perf_counter()
         users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
         if len(users) != len(items):
@@ -54,8 +56,9 @@ class EASE:
         if len(items) and (items.min() < 0 or items.max() > n_items or users.min() < 0 or users.max() > n_users):
             raise ValueError(f"pairs out of range: users must be in [0, {n_users}], items in [0, {n_items}]")
         keep = items > 0
-        x = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (users[keep], items[keep])),
-                          shape=(n_users + 1, n_items + 1))
+        x = sp.csr_matrix(
+            (np.ones(int(keep.sum()), np.float32), (users[keep], items[keep])), shape=(n_users + 1, n_items + 1)
+        )
         x.sum_duplicates()
         x.data[:] = 1.0
         gram = torch.from_numpy((x.T @ x).toarray()).to(self.dtype)  # co-occurrence counts: exact in float32

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from recfunnel.data.rows import Rows
-from recfunnel.data.schema import Manifest
+from recfunnel.data.format.manifest import Manifest
+from recfunnel.data.format.rows import Rows
 from recfunnel.errors import DataError
 from recfunnel.metrics.ranking import binary_metrics
 
@@ -26,9 +27,11 @@ def one_hot(rows: Rows, manifest: Manifest, mean: np.ndarray, std: np.ndarray) -
     cards = [f.cardinality for f in manifest.single_hot] + [f.cardinality for f in manifest.multi_hot]
     s = rows.sparse.shape[1]
     if s + rows.mh_lengths.shape[1] != len(cards) or rows.dense.shape[1] != len(manifest.dense):
-        raise DataError(f"rows have {rows.dense.shape[1]} dense, {s} single-hot and {rows.mh_lengths.shape[1]} "
-                        f"multi-hot features; the manifest lists {len(manifest.dense)}, "
-                        f"{len(manifest.single_hot)} and {len(manifest.multi_hot)}")
+        raise DataError(
+            f"rows have {rows.dense.shape[1]} dense, {s} single-hot and {rows.mh_lengths.shape[1]} "
+            f"multi-hot features; the manifest lists {len(manifest.dense)}, "
+            f"{len(manifest.single_hot)} and {len(manifest.multi_hot)}"
+        )
     blocks = [sp.csr_matrix((rows.dense.astype(np.float64) - mean) / std)]
     if s:
         offsets = np.cumsum([0] + cards[:s])[:-1]
@@ -42,9 +45,15 @@ def one_hot(rows: Rows, manifest: Manifest, mean: np.ndarray, std: np.ndarray) -
     return sp.hstack(blocks, format="csr")
 
 
-def logistic_regression(train_rows: Rows, test_rows: Mapping[str, Rows] | Sequence[Rows] | Rows,
-                        manifest: Manifest, *, c: float = 0.1, max_iter: int = 300,
-                        weights: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+def logistic_regression(
+    train_rows: Rows,
+    test_rows: Mapping[str, Rows] | Sequence[Rows] | Rows,
+    manifest: Manifest,
+    *,
+    c: float = 0.1,
+    max_iter: int = 300,
+    weights: np.ndarray | None = None,
+) -> dict[str, dict[str, Any]]:
     """Fit on ``train_rows`` and score each split of ``test_rows`` on the manifest's first (binary) label.
 
     ``test_rows``: ``{split name: Rows}``, a list (named "0", "1", ...) or one ``Rows`` (named "test").
@@ -72,9 +81,14 @@ def logistic_regression(train_rows: Rows, test_rows: Mapping[str, Rows] | Sequen
         warnings.simplefilter("ignore", ConvergenceWarning)  # reported as "converged" instead
         model.fit(x, y, sample_weight=weights)
     converged = int(model.n_iter_[0]) < max_iter
-    out: dict[str, dict[str, Any]] = {"fit": {"seconds": time.perf_counter() - start,
-                                              "iterations": int(model.n_iter_[0]), "converged": converged,
-                                              "features": x.shape[1]}}
+    out: dict[str, dict[str, Any]] = {
+        "fit": {
+            "seconds": time.perf_counter() - start,
+            "iterations": int(model.n_iter_[0]),
+            "converged": converged,
+            "features": x.shape[1],
+        }
+    }
     for name, rows in test_rows.items():
         logits = model.decision_function(one_hot(rows, manifest, mean, std))
         out[name] = {**binary_metrics(rows.labels[:, 0], logits), "rows": len(rows)}

@@ -16,20 +16,20 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from recfunnel.data.block_stream import release_shared_memory
-from recfunnel.data.loader import StreamingBatchLoader
-from recfunnel.data.rows import Rows
-from recfunnel.data.schema import Manifest, load_manifest
-from recfunnel.data.shards import decode_block
-from recfunnel.data.streaming_compat import import_streaming
+from recfunnel.compat.streaming import import_streaming, release_shared_memory
+from recfunnel.data.format.manifest import Manifest, load_manifest
+from recfunnel.data.format.rows import Rows
+from recfunnel.data.format.shards import decode_block
+from recfunnel.data.stream.loader import StreamingBatchLoader
 from recfunnel.report import table
 
 __all__ = ["bench_data", "print_bench"]
@@ -37,8 +37,15 @@ __all__ = ["bench_data", "print_bench"]
 PER_ROW_LIMIT = 20_000
 
 
-def bench_data(folder: str, *, batch_size: int = 8192, workers: int = 0, seconds: float = 3.0,
-               repeats: int = 3, max_rows: int = 2_000_000) -> dict[str, Any]:
+def bench_data(
+    folder: str,
+    *,
+    batch_size: int = 8192,
+    workers: int = 0,
+    seconds: float = 3.0,
+    repeats: int = 3,
+    max_rows: int = 2_000_000,
+) -> dict[str, Any]:
     manifest = load_manifest(folder)
     rows = _read_split(folder, manifest, "train", max_rows)
     with tempfile.TemporaryDirectory(prefix="recfunnel-bench-") as tmp:
@@ -76,16 +83,29 @@ def print_bench(result: dict[str, Any]) -> None:
     loader = result["loader_rows_per_s"]
     rows = [
         ["recfunnel loader (MDS, row blocks, shuffled)", loader, "1.00x"],
-        ["pyarrow Parquet reader (same rows, not shuffled)", result["parquet_rows_per_s"],
-         f"{result['parquet_rows_per_s'] / loader:.2f}x"],
-        ["StreamingDataset, one MDS sample per row (shuffled)", result["per_row_mds_rows_per_s"],
-         f"{result['per_row_mds_rows_per_s'] / loader:.3f}x"],
+        [
+            "pyarrow Parquet reader (same rows, not shuffled)",
+            result["parquet_rows_per_s"],
+            f"{result['parquet_rows_per_s'] / loader:.2f}x",
+        ],
+        [
+            "StreamingDataset, one MDS sample per row (shuffled)",
+            result["per_row_mds_rows_per_s"],
+            f"{result['per_row_mds_rows_per_s'] / loader:.3f}x",
+        ],
     ]
-    print(table(rows, ["reader", "rows/s (median)", "vs loader"],
-                title=f"data loading, {result['rows']:,} rows, batch {result['batch_size']:,}, "
-                      f"{result['workers']} workers, median of {result['repeats']}"))
-    print(f"loader / parquet = {result['loader_vs_parquet']:.2f}x, loader / per-row MDS = "
-          f"{result['loader_vs_per_row_mds']:.0f}x")
+    print(
+        table(
+            rows,
+            ["reader", "rows/s (median)", "vs loader"],
+            title=f"data loading, {result['rows']:,} rows, batch {result['batch_size']:,}, "
+            f"{result['workers']} workers, median of {result['repeats']}",
+        )
+    )
+    print(
+        f"loader / parquet = {result['loader_vs_parquet']:.2f}x, loader / per-row MDS = "
+        f"{result['loader_vs_per_row_mds']:.0f}x"
+    )
 
 
 def _rate(make: Callable[[], Iterator[int]], seconds: float, whole_passes: bool = False) -> float:
@@ -118,7 +138,9 @@ def _parquet_batches(path: Path, batch_size: int, manifest: Manifest) -> Iterato
         dense = np.stack([col[c].to_numpy() for c in dense_names], axis=1) if dense_names else np.zeros((n, 0))
         lists = [col[c] for c in multi]
         values = np.concatenate([col[c].to_numpy() for c in single] + [lst.values.to_numpy() for lst in lists])
-        lengths = np.concatenate([np.ones(n * len(single), np.int32)] + [np.diff(lst.offsets.to_numpy()) for lst in lists])
+        lengths = np.concatenate(
+            [np.ones(n * len(single), np.int32)] + [np.diff(lst.offsets.to_numpy()) for lst in lists]
+        )
         labels = np.stack([col[c].to_numpy() for c in label_names], axis=1)
         torch.from_numpy(dense), torch.from_numpy(values), torch.from_numpy(lengths), torch.from_numpy(labels)
         yield n
@@ -175,10 +197,12 @@ def _write_per_row(folder: Path, rows: Rows) -> None:
     offsets = [np.concatenate([[0], np.cumsum(rows.mh_lengths[:, j])]) for j in range(rows.mh_lengths.shape[1])]
     with streaming.MDSWriter(out=str(folder), columns=columns, progress_bar=False) as writer:
         for i in range(len(rows)):
-            writer.write({
-                "dense": rows.dense[i].tobytes(),
-                "sparse": rows.sparse[i].tobytes(),
-                "mh_lengths": rows.mh_lengths[i].tobytes(),
-                "mh_values": b"".join(v[o[i]:o[i + 1]].tobytes() for v, o in zip(rows.mh_values, offsets)),
-                "labels": rows.labels[i].tobytes(),
-            })
+            writer.write(
+                {
+                    "dense": rows.dense[i].tobytes(),
+                    "sparse": rows.sparse[i].tobytes(),
+                    "mh_lengths": rows.mh_lengths[i].tobytes(),
+                    "mh_values": b"".join(v[o[i] : o[i + 1]].tobytes() for v, o in zip(rows.mh_values, offsets)),
+                    "labels": rows.labels[i].tobytes(),
+                }
+            )

@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recfunnel.report import table
-from recfunnel.train.summary import metric_header
+from recfunnel.report import metric_header, table
 
 __all__ = ["bench_quality", "print_quality", "PROTOCOLS"]
 
@@ -49,13 +48,17 @@ def bench_quality(work: str | Path, protocols: list[str] | None = None, seed: in
         manifest = json.loads((data / "manifest.json").read_text())
         for model in MODELS[protocol]:
             run = work / f"run-{protocol}-{model}"
-            seconds = _recfunnel("train", "--model", model, "--data", str(data), "--out", str(run), "--overwrite",
-                                 "--quiet")
+            seconds = _recfunnel(
+                "train", "--model", model, "--data", str(data), "--out", str(run), "--overwrite", "--quiet"
+            )
             metrics = json.loads((run / "metrics.json").read_text())
-            out[f"{protocol}/{model}"] = {"seconds": round(seconds, 1), "test": metrics["test"],
-                                         "baselines": {k: v.get("test", {}) for k, v in metrics["baselines"].items()},
-                                         "bayes_auc": manifest["extra"].get("bayes_auc", {}).get("test"),
-                                         "epochs": metrics["early_stopping"]["epochs"]}
+            out[f"{protocol}/{model}"] = {
+                "seconds": round(seconds, 1),
+                "test": metrics["test"],
+                "baselines": {k: v.get("test", {}) for k, v in metrics["baselines"].items()},
+                "bayes_auc": manifest["extra"].get("bayes_auc", {}).get("test"),
+                "epochs": metrics["early_stopping"]["epochs"],
+            }
     return out
 
 
@@ -72,5 +75,10 @@ def print_quality(result: dict[str, Any]) -> None:
         rows += [[name.replace("_", "-")] + [m.get(c) for c in cols] for name, m in r["baselines"].items()]
         if r["bayes_auc"] is not None:
             rows.append(["bayes-optimal"] + [r["bayes_auc"]] + [None] * (len(cols) - 1))
-        print(table(rows, ["model"] + [metric_header(c) for c in cols],
-                    title=f"\n{protocol}: {model} trained in {r['seconds']:.0f} s wall ({r['epochs']} epochs), test split"))
+        print(
+            table(
+                rows,
+                ["model"] + [metric_header(c) for c in cols],
+                title=f"\n{protocol}: {model} trained in {r['seconds']:.0f} s wall ({r['epochs']} epochs), test split",
+            )
+        )

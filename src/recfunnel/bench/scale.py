@@ -35,10 +35,30 @@ def _launcher(kind: str, processes: int) -> list[str]:
 def _run(data: str, model: str, launcher: str, processes: int, global_batch: int, threads: int) -> dict[str, float]:
     out = Path(tempfile.mkdtemp(prefix="recfunnel-bench-scale-"))
     try:
-        cmd = [sys.executable, "-m", "recfunnel.cli", "train", "--model", model, "--data", data,
-               "--out", str(out / "run"), "--quiet", "--set", "train.epochs=1", "--set", "eval.baselines=false",
-               "--set", f"train.batch_size={global_batch // processes}", "--set", f"train.threads={threads}",
-               "--set", "tracking.log_checkpoints=false", *_launcher(launcher, processes)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "recfunnel.cli",
+            "train",
+            "--model",
+            model,
+            "--data",
+            data,
+            "--out",
+            str(out / "run"),
+            "--quiet",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "eval.baselines=false",
+            "--set",
+            f"train.batch_size={global_batch // processes}",
+            "--set",
+            f"train.threads={threads}",
+            "--set",
+            "tracking.log_checkpoints=false",
+            *_launcher(launcher, processes),
+        ]
         start = time.perf_counter()
         subprocess.run(cmd, check=True, env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out}/mlflow.db"})
         wall = time.perf_counter() - start
@@ -48,9 +68,15 @@ def _run(data: str, model: str, launcher: str, processes: int, global_batch: int
         shutil.rmtree(out, ignore_errors=True)
 
 
-def bench_scale(data: str | Path, *, model: str = "dlrm", processes: tuple[int, ...] = (1, 2),
-                launchers: tuple[str, ...] = ("torchrun", "spark"), global_batch: int = 4096,
-                repeats: int = 3) -> dict[str, Any]:
+def bench_scale(
+    data: str | Path,
+    *,
+    model: str = "dlrm",
+    processes: tuple[int, ...] = (1, 2),
+    launchers: tuple[str, ...] = ("torchrun", "spark"),
+    global_batch: int = 4096,
+    repeats: int = 3,
+) -> dict[str, Any]:
     """Median samples/s and wall time of ``repeats`` runs per (launcher, processes)."""
     cores = os.cpu_count() or 1
     rows = []
@@ -58,20 +84,46 @@ def bench_scale(data: str | Path, *, model: str = "dlrm", processes: tuple[int, 
     variants += [(launcher, n) for launcher in launchers for n in processes if n > 1]
     for launcher, n in variants:
         runs = [_run(str(data), model, launcher, n, global_batch, max(1, cores // n)) for _ in range(repeats)]
-        rows.append({"launcher": launcher, "processes": n, "threads_per_process": max(1, cores // n),
-                     "samples_per_s": statistics.median(r["samples_per_s"] for r in runs),
-                     "wall_s": statistics.median(r["wall_s"] for r in runs),
-                     "all_samples_per_s": [round(r["samples_per_s"]) for r in runs]})
+        rows.append(
+            {
+                "launcher": launcher,
+                "processes": n,
+                "threads_per_process": max(1, cores // n),
+                "samples_per_s": statistics.median(r["samples_per_s"] for r in runs),
+                "wall_s": statistics.median(r["wall_s"] for r in runs),
+                "all_samples_per_s": [round(r["samples_per_s"]) for r in runs],
+            }
+        )
     base = next((r["samples_per_s"] for r in rows if r["processes"] == 1), None)
     for r in rows:
         r["vs_1_process"] = round(r["samples_per_s"] / base, 2) if base else None
-    return {"model": model, "data": str(data), "global_batch": global_batch, "cores": cores, "repeats": repeats,
-            "rows": rows}
+    return {
+        "model": model,
+        "data": str(data),
+        "global_batch": global_batch,
+        "cores": cores,
+        "repeats": repeats,
+        "rows": rows,
+    }
 
 
 def print_scale(result: dict[str, Any]) -> None:
-    rows = [[r["launcher"], r["processes"], r["threads_per_process"], round(r["samples_per_s"]),
-             r["vs_1_process"], round(r["wall_s"], 1)] for r in result["rows"]]
-    print(table(rows, ["launcher", "processes", "threads each", "samples/s", "vs 1 process", "wall s"],
-                title=f"{result['model']} training, global batch {result['global_batch']:,}, {result['cores']} cores, "
-                      f"median of {result['repeats']}"))
+    rows = [
+        [
+            r["launcher"],
+            r["processes"],
+            r["threads_per_process"],
+            round(r["samples_per_s"]),
+            r["vs_1_process"],
+            round(r["wall_s"], 1),
+        ]
+        for r in result["rows"]
+    ]
+    print(
+        table(
+            rows,
+            ["launcher", "processes", "threads each", "samples/s", "vs 1 process", "wall s"],
+            title=f"{result['model']} training, global batch {result['global_batch']:,}, {result['cores']} cores, "
+            f"median of {result['repeats']}",
+        )
+    )

@@ -41,15 +41,29 @@ __all__ = ["bench_serve", "print_serve"]
 LATE_MS = 5.0  # a request sent this much after its time: the generator itself fell behind
 
 
-def bench_serve(run: str | Path, ranker: str | Path | None = None, index: str | Path | None = None,
-                rate: float | Sequence[float] = 100.0, seconds: float = 20.0, k: int = 10, candidates: int = 100,
-                concurrency: int = 32, warmup: float = 2.0, seed: int = 0) -> dict[str, Any]:
+def bench_serve(
+    run: str | Path,
+    ranker: str | Path | None = None,
+    index: str | Path | None = None,
+    rate: float | Sequence[float] = 100.0,
+    seconds: float = 20.0,
+    k: int = 10,
+    candidates: int = 100,
+    concurrency: int = 32,
+    warmup: float = 2.0,
+    seed: int = 0,
+) -> dict[str, Any]:
     """One server, then one measured load per ``rate`` (requests/s), in order. Returns the setup
     and ``runs``: per rate, latency percentiles (ms), achieved requests/s, errors, dropped and late
     requests, CPU use, and the server's median stage timings (ms)."""
     rates = [float(rate)] if isinstance(rate, (int, float)) else [float(r) for r in rate]
-    for name, value in (("seconds", seconds), ("k", k), ("candidates", candidates), ("concurrency", concurrency),
-                        *(("rate", r) for r in rates)):
+    for name, value in (
+        ("seconds", seconds),
+        ("k", k),
+        ("candidates", candidates),
+        ("concurrency", concurrency),
+        *(("rate", r) for r in rates),
+    ):
         if not value > 0:
             raise ValueError(f"{name}: expected a number > 0, got {value!r}")
     users = _known_users(run)
@@ -60,10 +74,19 @@ def bench_serve(run: str | Path, ranker: str | Path | None = None, index: str | 
         args += ["--index", index]
     with ServerProcess(args) as server:
         runs = [asyncio.run(_measure(server, users, r, seconds, warmup, k, concurrency, seed)) for r in rates]
-    return {"run": str(run), "ranker": None if ranker is None else str(ranker),
-            "index": "exact, built in memory" if index is None else str(index), "k": k, "candidates": candidates,
-            "concurrency": concurrency, "seconds": seconds, "warmup": warmup, "users": len(users),
-            "cores": os.cpu_count(), "runs": runs}
+    return {
+        "run": str(run),
+        "ranker": None if ranker is None else str(ranker),
+        "index": "exact, built in memory" if index is None else str(index),
+        "k": k,
+        "candidates": candidates,
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "warmup": warmup,
+        "users": len(users),
+        "cores": os.cpu_count(),
+        "runs": runs,
+    }
 
 
 def _known_users(run: str | Path) -> list[Any]:
@@ -77,8 +100,16 @@ def _known_users(run: str | Path) -> list[Any]:
     return [u.item() if hasattr(u, "item") else u for u in users.to_numpy()]
 
 
-async def _measure(server: ServerProcess, users: list[Any], rate: float, seconds: float, warmup: float, k: int,
-                   concurrency: int, seed: int) -> dict[str, Any]:
+async def _measure(
+    server: ServerProcess,
+    users: list[Any],
+    rate: float,
+    seconds: float,
+    warmup: float,
+    k: int,
+    concurrency: int,
+    seed: int,
+) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     rng = np.random.default_rng(seed)
     gc.collect()
@@ -95,8 +126,15 @@ async def _measure(server: ServerProcess, users: list[Any], rate: float, seconds
     return _summary(result, rate, server_cpu, client_cpu, other)
 
 
-async def _load(client: httpx.AsyncClient, users: list[Any], rate: float, seconds: float, k: int, concurrency: int,
-                rng: np.random.Generator) -> dict[str, Any]:
+async def _load(
+    client: httpx.AsyncClient,
+    users: list[Any],
+    rate: float,
+    seconds: float,
+    k: int,
+    concurrency: int,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
     """Send ``rate * seconds`` requests on schedule; collect each one's latency, status, timings."""
     loop = asyncio.get_running_loop()
     n = max(1, round(rate * seconds))
@@ -132,8 +170,9 @@ async def _load(client: httpx.AsyncClient, users: list[Any], rate: float, second
     return {"records": records, "elapsed": loop.time() - start, "scheduled": n, "dropped": dropped, "late": late}
 
 
-def _summary(result: dict[str, Any], rate: float, server_cpu: float | None, client_cpu: float,
-             other_cpu: float | None) -> dict[str, Any]:
+def _summary(
+    result: dict[str, Any], rate: float, server_cpu: float | None, client_cpu: float, other_cpu: float | None
+) -> dict[str, Any]:
     records, elapsed = result["records"], result["elapsed"]
     ok = [r for r in records if r[1] == 200]
     latency = np.array([r[0] for r in ok]) * 1000
@@ -142,16 +181,24 @@ def _summary(result: dict[str, Any], rate: float, server_cpu: float | None, clie
     for _, _, timings in ok:
         for stage, ms in (timings or {}).items():
             stages.setdefault(stage, []).append(ms)
-    return {"rate": rate, "scheduled": result["scheduled"], "sent": len(records), "ok": len(ok),
-            "errors": len(records) - len(ok), "dropped": result["dropped"], "late": result["late"],
-            "requests_per_s": round(len(ok) / elapsed, 1),
-            "p50_ms": round(float(quantiles[0]), 2), "p90_ms": round(float(quantiles[1]), 2),
-            "p99_ms": round(float(quantiles[2]), 2),
-            "max_ms": round(float(latency.max()), 2) if len(latency) else float("nan"),
-            "server_cores": None if server_cpu is None else round(server_cpu / elapsed, 2),
-            "client_cores": round(client_cpu / elapsed, 2),
-            "other_cores": None if other_cpu is None else round(max(0.0, other_cpu) / elapsed, 2),
-            "server_stage_ms": {s: round(statistics.median(v), 3) for s, v in stages.items()}}
+    return {
+        "rate": rate,
+        "scheduled": result["scheduled"],
+        "sent": len(records),
+        "ok": len(ok),
+        "errors": len(records) - len(ok),
+        "dropped": result["dropped"],
+        "late": result["late"],
+        "requests_per_s": round(len(ok) / elapsed, 1),
+        "p50_ms": round(float(quantiles[0]), 2),
+        "p90_ms": round(float(quantiles[1]), 2),
+        "p99_ms": round(float(quantiles[2]), 2),
+        "max_ms": round(float(latency.max()), 2) if len(latency) else float("nan"),
+        "server_cores": None if server_cpu is None else round(server_cpu / elapsed, 2),
+        "client_cores": round(client_cpu / elapsed, 2),
+        "other_cores": None if other_cpu is None else round(max(0.0, other_cpu) / elapsed, 2),
+        "server_stage_ms": {s: round(statistics.median(v), 3) for s, v in stages.items()},
+    }
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -176,17 +223,53 @@ def _busy_seconds() -> float | None:
 
 def print_serve(result: dict[str, Any]) -> None:
     runs = result["runs"]
-    rows = [[r["rate"], r["requests_per_s"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["max_ms"], r["errors"],
-             r["dropped"], r["late"], r["server_cores"], r["client_cores"], r["other_cores"]] for r in runs]
+    rows = [
+        [
+            r["rate"],
+            r["requests_per_s"],
+            r["p50_ms"],
+            r["p90_ms"],
+            r["p99_ms"],
+            r["max_ms"],
+            r["errors"],
+            r["dropped"],
+            r["late"],
+            r["server_cores"],
+            r["client_cores"],
+            r["other_cores"],
+        ]
+        for r in runs
+    ]
     ranker = f" -> rank ({result['ranker']})" if result["ranker"] else ""
-    print(table(rows, ["target req/s", "achieved req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "dropped",
-                       "late", "server cores", "client cores", "other cores"],
-                title=f"POST /recommend on loopback: retrieve {result['candidates']}{ranker} -> top {result['k']}; "
-                      f"{result['seconds']:g} s per rate after {result['warmup']:g} s warm-up, open loop, at most "
-                      f"{result['concurrency']} in flight, {result['users']:,} users, {result['cores']} cores"))
+    print(
+        table(
+            rows,
+            [
+                "target req/s",
+                "achieved req/s",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "max ms",
+                "errors",
+                "dropped",
+                "late",
+                "server cores",
+                "client cores",
+                "other cores",
+            ],
+            title=f"POST /recommend on loopback: retrieve {result['candidates']}{ranker} -> top {result['k']}; "
+            f"{result['seconds']:g} s per rate after {result['warmup']:g} s warm-up, open loop, at most "
+            f"{result['concurrency']} in flight, {result['users']:,} users, {result['cores']} cores",
+        )
+    )
     stages = list(dict.fromkeys(s for r in runs for s in r["server_stage_ms"]))
     print()
-    print(table([[r["rate"], *(r["server_stage_ms"].get(s) for s in stages)] for r in runs],
-                ["target req/s", *(f"{s} ms" for s in stages)],
-                title="server-side timings, median per request (queue: waiting for a funnel thread; total: the "
-                      "funnel call)"))
+    print(
+        table(
+            [[r["rate"], *(r["server_stage_ms"].get(s) for s in stages)] for r in runs],
+            ["target req/s", *(f"{s} ms" for s in stages)],
+            title="server-side timings, median per request (queue: waiting for a funnel thread; total: the "
+            "funnel call)",
+        )
+    )

@@ -5,7 +5,7 @@ Shape: 13 dense features, 26 single-hot tables of ``rows_per_table`` x 16, botto
 
 - ``recfunnel``: :func:`~recfunnel.models.ranker.build_ranker` ("dlrm") on the meta device, wrapped
   by :func:`~recfunnel.train.distributed.wrap` (TorchRec DistributedModelParallel, Adagrad fused
-  into the table-batched embedding kernel, dense Adagrad on the MLPs), loss from :class:`RankingTask`.
+  into the table-batched embedding kernel, dense Adagrad on the MLPs), loss from :class:`RankingLoss`.
   Full (not row-wise) Adagrad, so both sides do the same maths: fbgemm's CPU row-wise Adagrad
   kernel measured ~2x slower than its full Adagrad one here.
 - ``plain``: the same model in plain PyTorch: 26 ``nn.EmbeddingBag(sparse=True)``, the same
@@ -16,17 +16,19 @@ Shape: 13 dense features, 26 single-hot tables of ``rows_per_table`` x 16, botto
   FLOPs per sample (:func:`flops_per_sample`): the rate if every FLOP ran at matmul speed.
 
 Ids are Zipf-distributed by default (``zipf``; 0 = uniform), as categorical ids of real click logs
-are; hot rows are scattered through each table. Both models train on a few random batches generated up front and cycled (the KeyedJaggedTensor of
-ours and the offsets/indices of the baseline are built once per batch before timing), so data
-feeding is excluded from both equally. Each variant is warmed up, then the variants are measured
-in turn ``repeats`` times (the machine is shared and noisy); medians are reported.
+are; hot rows are scattered through each table. Both models train on a few random batches
+generated up front and cycled (the KeyedJaggedTensor of ours and the offsets/indices of the
+baseline are built once per batch before timing), so data feeding is excluded from both equally.
+Each variant is warmed up, then the variants are measured in turn ``repeats`` times (the machine
+is shared and noisy); medians are reported.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -34,7 +36,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recfunnel.config import OptimizerConfig, load_config
+from recfunnel.data.format.manifest import DenseFeature, Label, Manifest, SparseFeature, SplitInfo
+from recfunnel.models.ranker import build_ranker
 from recfunnel.report import table
+from recfunnel.train.distributed import init_world, wrap
+from recfunnel.train.losses import RankingLoss
 
 __all__ = ["bench_train", "print_bench", "flops_per_sample"]
 
@@ -57,8 +64,14 @@ class _Batch(NamedTuple):
     labels: torch.Tensor  # float32 (B, 1)
 
 
-def flops_per_sample(*, dense: int = DENSE_FEATURES, tables: int = TABLES, dim: int = DIM,
-                     bottom: list[int] = BOTTOM_MLP, top: list[int] = TOP_MLP) -> int:
+def flops_per_sample(
+    *,
+    dense: int = DENSE_FEATURES,
+    tables: int = TABLES,
+    dim: int = DIM,
+    bottom: list[int] = BOTTOM_MLP,
+    top: list[int] = TOP_MLP,
+) -> int:
     """Training FLOPs of one sample of a DLRM with single-hot tables.
 
     Multiply-adds (MACs) of the forward pass: every linear layer ``in * out`` (bottom
@@ -77,11 +90,23 @@ def flops_per_sample(*, dense: int = DENSE_FEATURES, tables: int = TABLES, dim: 
     return 3 * 2 * macs
 
 
-def bench_train(*, batch_size: int = 2048, steps: int = 20, repeats: int = 3, threads: int = 0,
-                rows_per_table: int = 100_000, zipf: float = 1.05) -> dict[str, Any]:
+def bench_train(
+    *,
+    batch_size: int = 2048,
+    steps: int = 20,
+    repeats: int = 3,
+    threads: int = 0,
+    rows_per_table: int = 100_000,
+    zipf: float = 1.05,
+) -> dict[str, Any]:
     """Training samples/s of recfunnel's DLRM, of plain PyTorch, and the machine's roofline."""
-    for name, value, least in (("batch_size", batch_size, 1), ("steps", steps, 1), ("repeats", repeats, 1),
-                               ("threads", threads, 0), ("rows_per_table", rows_per_table, 2)):
+    for name, value, least in (
+        ("batch_size", batch_size, 1),
+        ("steps", steps, 1),
+        ("repeats", repeats, 1),
+        ("threads", threads, 0),
+        ("rows_per_table", rows_per_table, 2),
+    ):
         if value < least:
             raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
     previous_threads = torch.get_num_threads()
@@ -127,8 +152,11 @@ def bench_train(*, batch_size: int = 2048, steps: int = 20, repeats: int = 3, th
         "rows_per_table": rows_per_table,
         "zipf": zipf,
         "embedding_optimizer": EMBEDDING_OPTIMIZER,
-        "runs": {"recfunnel": [round(x) for x in runs["recfunnel"]], "plain": [round(x) for x in runs["plain"]],
-                 "matmul_gflops": [round(x, 1) for x in runs["matmul_gflops"]]},
+        "runs": {
+            "recfunnel": [round(x) for x in runs["recfunnel"]],
+            "plain": [round(x) for x in runs["plain"]],
+            "matmul_gflops": [round(x, 1) for x in runs["matmul_gflops"]],
+        },
     }
 
 
@@ -136,21 +164,37 @@ def print_bench(result: dict[str, Any]) -> None:
     ours = result["samples_per_s"]
     roofline = result["roofline_samples_per_s"]
     rows = [
-        ["recfunnel DLRM (TorchRec DMP, Adagrad fused into the embedding kernel)", ours, f"{ours / ours:.2f}x",
-         f"{ours / roofline:.0%}"],
-        ["plain PyTorch (EmbeddingBag sparse=True, Adagrad)", result["plain_pytorch_samples_per_s"],
-         f"{result['plain_pytorch_samples_per_s'] / ours:.2f}x", f"{result['plain_vs_roofline']:.0%}"],
-        [f"roofline ({result['matmul_gflops']:.0f} GFLOP/s matmul / {result['flops_per_sample'] / 1e6:.2f} MFLOP)",
-         roofline, f"{roofline / ours:.2f}x", "100%"],
+        [
+            "recfunnel DLRM (TorchRec DMP, Adagrad fused into the embedding kernel)",
+            ours,
+            f"{ours / ours:.2f}x",
+            f"{ours / roofline:.0%}",
+        ],
+        [
+            "plain PyTorch (EmbeddingBag sparse=True, Adagrad)",
+            result["plain_pytorch_samples_per_s"],
+            f"{result['plain_pytorch_samples_per_s'] / ours:.2f}x",
+            f"{result['plain_vs_roofline']:.0%}",
+        ],
+        [
+            f"roofline ({result['matmul_gflops']:.0f} GFLOP/s matmul / {result['flops_per_sample'] / 1e6:.2f} MFLOP)",
+            roofline,
+            f"{roofline / ours:.2f}x",
+            "100%",
+        ],
     ]
-    print(table(rows, ["variant", "samples/s (median)", "vs recfunnel", "of roofline"],
-                title=f"DLRM training, Criteo Kaggle shape, batch {result['batch_size']:,}, "
-                      f"{result['rows_per_table']:,} rows/table, ids "
-                      + (f"Zipf {result['zipf']:g}" if result["zipf"] else "uniform")
-                      + f", {result['threads']} thread{'s' if result['threads'] > 1 else ''}, "
-                      f"median of {result['repeats']}"))
-    print(f"recfunnel / plain PyTorch = {result['vs_plain']:.2f}x, recfunnel / roofline = "
-          f"{result['vs_roofline']:.0%}")
+    print(
+        table(
+            rows,
+            ["variant", "samples/s (median)", "vs recfunnel", "of roofline"],
+            title=f"DLRM training, Criteo Kaggle shape, batch {result['batch_size']:,}, "
+            f"{result['rows_per_table']:,} rows/table, ids "
+            + (f"Zipf {result['zipf']:g}" if result["zipf"] else "uniform")
+            + f", {result['threads']} thread{'s' if result['threads'] > 1 else ''}, "
+            f"median of {result['repeats']}",
+        )
+    )
+    print(f"recfunnel / plain PyTorch = {result['vs_plain']:.2f}x, recfunnel / roofline = {result['vs_roofline']:.0%}")
 
 
 def _random_ids(n: int, rows: int, zipf: float, generator: torch.Generator) -> torch.Tensor:
@@ -165,8 +209,11 @@ def _random_ids(n: int, rows: int, zipf: float, generator: torch.Generator) -> t
 
 def _random_batch(batch_size: int, rows: int, generator: torch.Generator, zipf: float = 0.0) -> _Batch:
     ids = torch.stack([_random_ids(batch_size, rows, zipf, generator) for _ in range(TABLES)], dim=1)
-    return _Batch(torch.randn(batch_size, DENSE_FEATURES, generator=generator), ids,
-                  torch.randint(0, 2, (batch_size, 1), generator=generator).float())
+    return _Batch(
+        torch.randn(batch_size, DENSE_FEATURES, generator=generator),
+        ids,
+        torch.randint(0, 2, (batch_size, 1), generator=generator).float(),
+    )
 
 
 def _rate(step: Callable[[int], None], steps: int, batch_size: int) -> float:
@@ -191,27 +238,38 @@ def _matmul_gflops() -> float:
 
 def _recfunnel_step(batches: list[_Batch], rows: int) -> Callable[[int], None]:
     """One training step of recfunnel's DLRM on batch ``i % len(batches)``."""
-    from recfunnel.config import OptimizerConfig, load_config
-    from recfunnel.data.schema import DenseFeature, Label, Manifest, SparseFeature, SplitInfo
-    from recfunnel.models.ranker import build_ranker
-    from recfunnel.train.distributed import init_world, wrap
-    from recfunnel.train.tasks import RankingTask
-
-    manifest = Manifest(kind="ctr", dense=[DenseFeature(f"I{i + 1}") for i in range(DENSE_FEATURES)],
-                        sparse=[SparseFeature(f"C{i + 1}", rows, encoding="hash") for i in range(TABLES)],
-                        labels=[Label("label")], splits={"train": SplitInfo(rows=0, blocks=[])},
-                        split={"kind": "none"}, block_rows=1)
-    cfg = load_config("dlrm", overrides=[f"model.embedding_dim={DIM}", f"model.bottom_mlp={BOTTOM_MLP}",
-                                         f"model.top_mlp={TOP_MLP}", "model.dropout=0"]).model
+    manifest = Manifest(
+        kind="ctr",
+        dense=[DenseFeature(f"I{i + 1}") for i in range(DENSE_FEATURES)],
+        sparse=[SparseFeature(f"C{i + 1}", rows, encoding="hash") for i in range(TABLES)],
+        labels=[Label("label")],
+        splits={"train": SplitInfo(rows=0, blocks=[])},
+        split={"kind": "none"},
+        block_rows=1,
+    )
+    cfg = load_config(
+        "dlrm",
+        overrides=[
+            f"model.embedding_dim={DIM}",
+            f"model.bottom_mlp={BOTTOM_MLP}",
+            f"model.top_mlp={TOP_MLP}",
+            "model.dropout=0",
+        ],
+    ).model
     model = build_ranker("dlrm", manifest, cfg, device=torch.device("meta"))
-    dmp, optimizer, _ = wrap(model, init_world(), OptimizerConfig(EMBEDDING_OPTIMIZER, LR),
-                             OptimizerConfig("adagrad", LR))
-    task = RankingTask(cfg.heads, manifest)
+    dmp, optimizer, _ = wrap(
+        model, init_world(), OptimizerConfig(EMBEDDING_OPTIMIZER, LR), OptimizerConfig("adagrad", LR)
+    )
+    task = RankingLoss(cfg.heads, manifest)
     keys = manifest.sparse_keys
     inputs = []
     for b in batches:
-        kjt = KeyedJaggedTensor(keys=keys, values=b.ids.T.contiguous().view(-1),
-                                lengths=torch.ones(b.ids.numel(), dtype=torch.int32), stride=len(b.ids))
+        kjt = KeyedJaggedTensor(
+            keys=keys,
+            values=b.ids.T.contiguous().view(-1),
+            lengths=torch.ones(b.ids.numel(), dtype=torch.int32),
+            stride=len(b.ids),
+        )
         inputs.append((b.dense, kjt, b.labels, torch.ones(len(b.ids))))
     dmp.train()
 
@@ -260,8 +318,7 @@ def _plain_step(batches: list[_Batch], rows: int) -> Callable[[int], None]:
     sparse_opt = torch.optim.Adagrad(model.tables.parameters(), lr=LR)
     dense_params = [p for name, p in model.named_parameters() if not name.startswith("tables.")]
     dense_opt = torch.optim.Adagrad(dense_params, lr=LR, eps=1e-8)
-    inputs = [(b.dense, [c.contiguous() for c in b.ids.T], torch.arange(len(b.ids)), b.labels[:, 0])
-              for b in batches]
+    inputs = [(b.dense, [c.contiguous() for c in b.ids.T], torch.arange(len(b.ids)), b.labels[:, 0]) for b in batches]
     model.train()
 
     def step(i: int) -> None:

@@ -14,8 +14,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["auc", "log_loss", "calibration", "calibration_bins", "rmse", "mae", "accuracy", "binary_metrics",
-           "regression_metrics", "sigmoid"]
+__all__ = [
+    "auc",
+    "log_loss",
+    "calibration",
+    "calibration_bins",
+    "rmse",
+    "mae",
+    "accuracy",
+    "binary_metrics",
+    "regression_metrics",
+    "sigmoid",
+]
 
 EPS = 1e-15  # probabilities are clipped to [EPS, 1 - EPS] before taking logs
 
@@ -98,8 +108,11 @@ def calibration_bins(labels: Any, probs: Any, bins: int = 10) -> dict[str, np.nd
     keep = count > 0
     sum_pred = np.bincount(which, weights=p, minlength=bins)
     sum_label = np.bincount(which, weights=(y > 0).astype(np.float64), minlength=bins)
-    return {"mean_pred": sum_pred[keep] / count[keep], "mean_label": sum_label[keep] / count[keep],
-            "count": count[keep]}
+    return {
+        "mean_pred": sum_pred[keep] / count[keep],
+        "mean_label": sum_label[keep] / count[keep],
+        "count": count[keep],
+    }
 
 
 def rmse(labels: Any, preds: Any, weights: Any = None) -> float:

@@ -17,7 +17,7 @@ user's test items; such a test item then counts as a miss.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,9 +28,17 @@ ScoreFn = Callable[[np.ndarray], torch.Tensor]
 CELLS = 1 << 24  # scores held per batch (users x items), so 100k+ item catalogues fit in memory
 
 
-def evaluate_topk(score_users: ScoreFn, *, test_users: np.ndarray, test_items: np.ndarray, n_items: int,
-                  exclude_users: np.ndarray | None = None, exclude_items: np.ndarray | None = None,
-                  ks: Sequence[int] = (10, 20, 100), batch_users: int = 1024) -> dict[str, float]:
+def evaluate_topk(
+    score_users: ScoreFn,
+    *,
+    test_users: np.ndarray,
+    test_items: np.ndarray,
+    n_items: int,
+    exclude_users: np.ndarray | None = None,
+    exclude_items: np.ndarray | None = None,
+    ks: Sequence[int] = (10, 20, 100),
+    batch_users: int = 1024,
+) -> dict[str, float]:
     """Full-ranking metrics of ``score_users`` on the test pairs ``(test_users, test_items)`` int (m,).
 
     The relevant set of a user is its distinct test items; users with no test pair are not
@@ -64,32 +72,40 @@ def evaluate_topk(score_users: ScoreFn, *, test_users: np.ndarray, test_items: n
     if exclude_users is not None:
         ex_users, ex_items = np.asarray(exclude_users, np.int64), np.asarray(exclude_items, np.int64)
         if len(ex_users) != len(ex_items) or (len(ex_items) and (ex_items.min() < 0 or ex_items.max() > n_items)):
-            raise ValueError(f"exclude_users ({len(ex_users)}) and exclude_items ({len(ex_items)}) must have equal "
-                             f"lengths, items in [0, {n_items}]")
+            raise ValueError(
+                f"exclude_users ({len(ex_users)}) and exclude_items ({len(ex_items)}) must have equal "
+                f"lengths, items in [0, {n_items}]"
+            )
         ex = np.unique(ex_users * width + ex_items)
         excluded = (ex // width, ex % width)  # sorted by user
     batch = max(1, min(batch_users, CELLS // width))
     sums = _Sums(ks)
     for lo in range(0, len(eval_users), batch):
-        u = eval_users[lo:lo + batch]
+        u = eval_users[lo : lo + batch]
         p_lo, p_hi = user_start[lo], user_stop[lo + len(u) - 1]
-        row = np.repeat(np.arange(len(u)), user_stop[lo:lo + len(u)] - user_start[lo:lo + len(u)])
+        row = np.repeat(np.arange(len(u)), user_stop[lo : lo + len(u)] - user_start[lo : lo + len(u)])
         scores = _scores(score_users, u, width, excluded)
         rank = _ranks(scores, row, pair_item[p_lo:p_hi])
         sums.add(rank.cpu().numpy(), row, len(u), repeats[p_lo:p_hi])
     return sums.result()
 
 
-def tfrs_accuracy(score_users: ScoreFn, test_users: np.ndarray, test_items: np.ndarray, n_items: int,
-                  ks: Sequence[int] = (1, 5, 10, 50, 100)) -> dict[str, float]:
+def tfrs_accuracy(
+    score_users: ScoreFn,
+    test_users: np.ndarray,
+    test_items: np.ndarray,
+    n_items: int,
+    ks: Sequence[int] = (1, 5, 10, 50, 100),
+) -> dict[str, float]:
     """TensorFlow Recommenders' figure: factorized top-K accuracy with nothing excluded (a user's
     training items stay in the ranking). Returns ``{"accuracy_at_K_no_exclusion": ...}``."""
     got = evaluate_topk(score_users, test_users=test_users, test_items=test_items, n_items=n_items, ks=ks)
     return {f"accuracy_at_{k}_no_exclusion": got[f"accuracy_at_{k}"] for k in sorted(set(ks))}
 
 
-def _scores(score_users: ScoreFn, u: np.ndarray, width: int,
-            excluded: tuple[np.ndarray, np.ndarray] | None) -> torch.Tensor:
+def _scores(
+    score_users: ScoreFn, u: np.ndarray, width: int, excluded: tuple[np.ndarray, np.ndarray] | None
+) -> torch.Tensor:
     """A checked copy of ``score_users(u)`` (b, width) with the OOV column and the ``excluded``
     (users, items) pairs of these users at -inf."""
     scores = score_users(u)

@@ -6,7 +6,7 @@ import difflib
 
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recfunnel.data.schema import Manifest, SparseFeature
+from recfunnel.data.format.manifest import Manifest, SparseFeature
 from recfunnel.errors import ConfigError
 
 __all__ = ["sparse_features", "select_sparse", "dense_columns"]
@@ -18,8 +18,7 @@ def _unknown(field: str, name: str, known: list[str]) -> ConfigError:
     return ConfigError(f"{field}: no feature {name!r} in the dataset; {hint}")
 
 
-def sparse_features(manifest: Manifest, names: list[str] | None, field: str = "model.features"
-                    ) -> list[SparseFeature]:
+def sparse_features(manifest: Manifest, names: list[str] | None, field: str = "model.features") -> list[SparseFeature]:
     """The dataset's sparse features called ``names`` (all of them for None), in that order."""
     known = [f.name for f in manifest.sparse]
     if names is None:
@@ -32,8 +31,7 @@ def sparse_features(manifest: Manifest, names: list[str] | None, field: str = "m
     return [manifest.feature(n) for n in names]
 
 
-def dense_columns(manifest: Manifest, names: list[str] | None, field: str = "model.dense_features"
-                  ) -> list[int]:
+def dense_columns(manifest: Manifest, names: list[str] | None, field: str = "model.dense_features") -> list[int]:
     """Column positions in ``Batch.dense`` of the dense features ``names`` (all for None)."""
     known = [f.name for f in manifest.dense]
     if names is None:

@@ -13,19 +13,35 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from recfunnel.data.schema import SparseFeature
+from recfunnel.data.format.manifest import SparseFeature
 
-__all__ = ["embedding_tables", "mlp", "SparseArch", "DenseArch", "DotInteraction", "CrossInteraction",
-           "FMInteraction", "OverArch"]
+__all__ = [
+    "embedding_tables",
+    "mlp",
+    "SparseArch",
+    "DenseArch",
+    "DotInteraction",
+    "CrossInteraction",
+    "FMInteraction",
+    "OverArch",
+]
 
 
-def embedding_tables(features: list[SparseFeature], dim: int, multi_hot_pooling: str = "mean"
-                     ) -> list[EmbeddingBagConfig]:
+def embedding_tables(
+    features: list[SparseFeature], dim: int, multi_hot_pooling: str = "mean"
+) -> list[EmbeddingBagConfig]:
     """One table per feature, named after it: ``cardinality`` rows of ``dim`` floats."""
     pooling = {"mean": PoolingType.MEAN, "sum": PoolingType.SUM}[multi_hot_pooling]
-    return [EmbeddingBagConfig(name=f.name, feature_names=[f.name], num_embeddings=f.cardinality,
-                               embedding_dim=dim, pooling=pooling if f.multi_hot else PoolingType.SUM)
-            for f in features]
+    return [
+        EmbeddingBagConfig(
+            name=f.name,
+            feature_names=[f.name],
+            num_embeddings=f.cardinality,
+            embedding_dim=dim,
+            pooling=pooling if f.multi_hot else PoolingType.SUM,
+        )
+        for f in features
+    ]
 
 
 def mlp(in_size: int, sizes: list[int], *, dropout: float = 0.0, last_activation: bool = True) -> nn.Sequential:
@@ -86,6 +102,8 @@ class DotInteraction(nn.Module):
     (B, D), (B, F, D) -> (B, D + (F + 1) F / 2)
     """
 
+    pairs: torch.Tensor  # int64 (P,): flat positions of the upper-triangle pairs
+
     def __init__(self, num_sparse: int, dim: int, has_dense: bool = True):
         super().__init__()
         n = num_sparse + int(has_dense)
@@ -110,8 +128,9 @@ class CrossInteraction(nn.Module):
     def __init__(self, num_sparse: int, dim: int, layers: int, low_rank: int = 0, has_dense: bool = True):
         super().__init__()
         self.out_features = (num_sparse + int(has_dense)) * dim
-        self.cross = (LowRankCrossNet(self.out_features, layers, low_rank) if low_rank
-                      else CrossNet(self.out_features, layers))
+        self.cross = (
+            LowRankCrossNet(self.out_features, layers, low_rank) if low_rank else CrossNet(self.out_features, layers)
+        )
 
     def forward(self, dense: torch.Tensor | None, sparse: torch.Tensor) -> torch.Tensor:
         return self.cross(_stack(dense, sparse).flatten(1))
@@ -137,8 +156,9 @@ class OverArch(nn.Module):
 
     def __init__(self, in_features: int, hidden: list[int], outputs: int, dropout: float = 0.0):
         super().__init__()
-        self.model = nn.Sequential(mlp(in_features, hidden, dropout=dropout),
-                                   nn.Linear(hidden[-1] if hidden else in_features, outputs))
+        self.model = nn.Sequential(
+            mlp(in_features, hidden, dropout=dropout), nn.Linear(hidden[-1] if hidden else in_features, outputs)
+        )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.model(features)

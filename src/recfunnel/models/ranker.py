@@ -1,28 +1,50 @@
 """Rankers: DLRM, DCNv2 and DeepFM, one class wired from named parts.
 
-    model = build_ranker("dlrm", manifest, config.model)
-    logits = model(batch.dense, batch.sparse)      # (B, outputs): one column per binary/regression
-                                                   # head, `classes` columns per multiclass head
+model = build_ranker("dlrm", manifest, config.model)
+logits = model(batch.dense, batch.sparse)      # (B, outputs): one column per binary/regression
+                                               # head, `classes` columns per multiclass head
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recfunnel.config import ModelConfig
-from recfunnel.data.schema import Manifest
+from recfunnel.data.format.manifest import Manifest
 from recfunnel.models.features import dense_columns, select_sparse, sparse_features
-from recfunnel.models.parts import (CrossInteraction, DenseArch, DotInteraction, FMInteraction, OverArch, SparseArch,
-                                    embedding_tables)
+from recfunnel.models.parts import (
+    CrossInteraction,
+    DenseArch,
+    DotInteraction,
+    FMInteraction,
+    OverArch,
+    SparseArch,
+    embedding_tables,
+)
 
 __all__ = ["Ranker", "build_ranker", "INTERACTIONS"]
 
 
+Interaction = DotInteraction | CrossInteraction | FMInteraction
+
+
 class Ranker(nn.Module):
-    def __init__(self, sparse_arch: SparseArch, dense_arch: DenseArch | None, interaction: nn.Module,
-                 over_arch: OverArch, *, sparse_keys: list[str], dense_index: list[int]):
+    dense_index: torch.Tensor  # int64: the batch's dense columns this model reads
+
+    def __init__(
+        self,
+        sparse_arch: SparseArch,
+        dense_arch: DenseArch | None,
+        interaction: Interaction,
+        over_arch: OverArch,
+        *,
+        sparse_keys: list[str],
+        dense_index: list[int],
+    ):
         super().__init__()
         self.sparse_arch = sparse_arch
         self.dense_arch = dense_arch
@@ -40,7 +62,7 @@ class Ranker(nn.Module):
 
 
 # The one part in which the rankers differ: (sparse features, config, has dense) -> interaction
-INTERACTIONS = {
+INTERACTIONS: dict[str, Callable[[int, ModelConfig, bool], Interaction]] = {
     "dlrm": lambda n, cfg, dense: DotInteraction(n, cfg.embedding_dim, dense),
     "dcnv2": lambda n, cfg, dense: CrossInteraction(n, cfg.embedding_dim, cfg.cross_layers, cfg.cross_low_rank, dense),
     "deepfm": lambda n, cfg, dense: FMInteraction(n, cfg.embedding_dim, dense),
@@ -62,5 +84,6 @@ def build_ranker(kind: str, manifest: Manifest, cfg: ModelConfig, device: torch.
         DenseArch(len(dense_index), cfg.bottom_mlp, cfg.embedding_dim) if has_dense else None,
         interaction,
         OverArch(interaction.out_features, cfg.top_mlp, sum(h.outputs for h in cfg.heads), cfg.dropout),
-        sparse_keys=[f.name for f in sparse], dense_index=dense_index,
+        sparse_keys=[f.name for f in sparse],
+        dense_index=dense_index,
     )

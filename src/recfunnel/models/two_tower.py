@@ -14,7 +14,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recfunnel.config import ModelConfig
-from recfunnel.data.schema import Manifest
+from recfunnel.data.format.manifest import Manifest
 from recfunnel.errors import ConfigError
 from recfunnel.models.features import dense_columns, select_sparse, sparse_features
 from recfunnel.models.parts import SparseArch, embedding_tables, mlp
@@ -26,8 +26,9 @@ class Tower(nn.Module):
     """Embeddings of the tower's sparse features, concatenated with its dense features, through an
     MLP: dense (B, len(dense_names)), KJT (superset of ``sparse_keys``) -> (B, E)."""
 
-    def __init__(self, sparse_arch: SparseArch, dense_names: list[str], layers: list[int], normalize: bool,
-                 dropout: float = 0.0):
+    def __init__(
+        self, sparse_arch: SparseArch, dense_names: list[str], layers: list[int], normalize: bool, dropout: float = 0.0
+    ):
         super().__init__()
         self.sparse_arch = sparse_arch
         self.sparse_keys = sparse_arch.feature_names
@@ -43,8 +44,12 @@ class Tower(nn.Module):
 
 
 class TwoTower(nn.Module):
-    def __init__(self, user_tower: Tower, item_tower: Tower, *, user_dense_index: list[int],
-                 item_dense_index: list[int]):
+    user_dense_index: torch.Tensor  # int64: the batch's dense columns each tower reads
+    item_dense_index: torch.Tensor
+
+    def __init__(
+        self, user_tower: Tower, item_tower: Tower, *, user_dense_index: list[int], item_dense_index: list[int]
+    ):
         super().__init__()
         self.user_tower = user_tower
         self.item_tower = item_tower
@@ -53,8 +58,10 @@ class TwoTower(nn.Module):
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch's (user, item) pairs -> user embeddings (B, E), item embeddings (B, E)."""
-        return (self.user_tower(dense[:, self.user_dense_index], sparse),
-                self.item_tower(dense[:, self.item_dense_index], sparse))
+        return (
+            self.user_tower(dense[:, self.user_dense_index], sparse),
+            self.item_tower(dense[:, self.item_dense_index], sparse),
+        )
 
 
 def tower_features(manifest: Manifest, role: str, names: list[str] | None) -> tuple[list[str], list[str]]:
@@ -79,8 +86,10 @@ def build_two_tower(manifest: Manifest, cfg: ModelConfig, device: torch.device |
     for role in ("user", "item"):
         sparse, dense = tower_features(manifest, role, getattr(cfg, f"{role}_features"))
         tables = embedding_tables(sparse_features(manifest, sparse), cfg.embedding_dim, cfg.multi_hot_pooling)
-        towers[role] = Tower(SparseArch(tables, device=device), dense, cfg.tower_mlp, cfg.score == "cosine",
-                             cfg.dropout)
+        towers[role] = Tower(
+            SparseArch(tables, device=device), dense, cfg.tower_mlp, cfg.score == "cosine", cfg.dropout
+        )
         dense_index[role] = dense_columns(manifest, dense)
-    return TwoTower(towers["user"], towers["item"], user_dense_index=dense_index["user"],
-                    item_dense_index=dense_index["item"])
+    return TwoTower(
+        towers["user"], towers["item"], user_dense_index=dense_index["user"], item_dense_index=dense_index["item"]
+    )

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from recfunnel.data.catalog import Catalog
-from recfunnel.data.shards import atomic_output_dir
+from recfunnel.data.format.catalog import Catalog
 from recfunnel.errors import RecfunnelError
-from recfunnel.train.artifacts import Trained, load_trained
+from recfunnel.files import atomic_output_dir
+from recfunnel.store.model import Trained, load_trained
 
 __all__ = ["tower_embeddings", "export_embeddings"]
 
@@ -27,8 +27,9 @@ __all__ = ["tower_embeddings", "export_embeddings"]
 def tower_embeddings(trained: Trained, role: str, batch_size: int = 8192) -> tuple[Catalog, np.ndarray]:
     """(catalogue, float32 (n, E) embeddings in catalogue row order) of ``role`` ("user" | "item")."""
     if not trained.config.is_retrieval:
-        raise RecfunnelError(f"{trained.folder}: a {trained.kind} model has no towers; embeddings come from a "
-                             f"two-tower run")
+        raise RecfunnelError(
+            f"{trained.folder}: a {trained.kind} model has no towers; embeddings come from a two-tower run"
+        )
     catalog = Catalog.load(trained.folder, trained.manifest, role)
     tower = getattr(trained.model, f"{role}_tower")
     parts = []

@@ -35,15 +35,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import faiss
 import numpy as np
 
-from recfunnel.data.shards import atomic_output_dir
 from recfunnel.errors import ConfigError, DataError
+from recfunnel.files import atomic_output_dir
 
 __all__ = ["VectorIndex", "VectorSearch", "KINDS", "METRICS", "as_ids", "check_vectors", "normalise"]
 
@@ -173,8 +174,9 @@ class VectorIndex:
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"VectorIndex(kind={self.kind!r}, metric={self.metric!r}, dim={self.dim}, items={len(self)}" + \
-            (f", {params})" if params else ")")
+        return f"VectorIndex(kind={self.kind!r}, metric={self.metric!r}, dim={self.dim}, items={len(self)}" + (
+            f", {params})" if params else ")"
+        )
 
     # ---- search --------------------------------------------------------------------------
     def set_search_params(self, **params: int) -> None:
@@ -215,9 +217,17 @@ class VectorIndex:
         """Write ``index.faiss``, ``ids.npy`` / ``internal_ids.npy`` (live items), ``tombstones.npy``
         and ``index.json`` into ``folder``, atomically (a failed save leaves no folder behind)."""
         raw = np.array(list(self._internal), dtype=self._raw.dtype) if len(self) else self._raw[:0]
-        meta = {"format": FORMAT, "kind": self.kind, "metric": self.metric, "dim": self.dim, "params": self.params,
-                "count": len(self), "tombstones": len(self._tombstones), "next_internal_id": len(self._raw),
-                "id_type": "str" if self._raw.dtype == object else "int"}
+        meta = {
+            "format": FORMAT,
+            "kind": self.kind,
+            "metric": self.metric,
+            "dim": self.dim,
+            "params": self.params,
+            "count": len(self),
+            "tombstones": len(self._tombstones),
+            "next_internal_id": len(self._raw),
+            "id_type": "str" if self._raw.dtype == object else "int",
+        }
         with atomic_output_dir(folder, overwrite=overwrite) as tmp:
             faiss.write_index(self._index, str(tmp / "index.faiss"))
             # str ids are saved as fixed-width unicode, so loading needs no pickle
@@ -243,8 +253,10 @@ class VectorIndex:
         self._tombstones = set(np.load(folder / "tombstones.npy", allow_pickle=False).tolist())
         raw = raw.astype(object) if meta["id_type"] == "str" else raw.astype(np.int64)
         if not len(raw) == len(internal) == meta["count"] == self._index.ntotal - len(self._tombstones):
-            raise DataError(f"{folder}: {len(raw)} ids, {len(internal)} internal ids, count {meta['count']} "
-                            f"and {self._index.ntotal} vectors - {len(self._tombstones)} tombstones disagree")
+            raise DataError(
+                f"{folder}: {len(raw)} ids, {len(internal)} internal ids, count {meta['count']} "
+                f"and {self._index.ntotal} vectors - {len(self._tombstones)} tombstones disagree"
+            )
         self._raw = np.zeros(meta["next_internal_id"], raw.dtype)
         self._raw[internal] = raw
         self._internal = dict(zip(raw.tolist(), internal.tolist()))
@@ -294,7 +306,7 @@ class VectorIndex:
 
     def _check_id_type(self, ids: np.ndarray) -> np.ndarray:
         if len(self._raw) and len(ids) and ids.dtype != self._raw.dtype:
-            held, given = ("str" if d == object else "int" for d in (self._raw.dtype, ids.dtype))
+            held, given = ("str" if d.kind == "O" else "int" for d in (self._raw.dtype, ids.dtype))
             raise DataError(f"ids: got {given} ids, the index holds {held} ids")
         return ids
 

@@ -39,9 +39,18 @@ class BuildReport:
         return asdict(self)
 
 
-def build_index(ids: Any, vectors: Any, kind: str = "exact", metric: str = "dot", *, queries: Any = None,
-                recall_k: int = 100, recall_sample: int = 1000, seed: int = 0,
-                **params: int | None) -> tuple[VectorIndex, BuildReport]:
+def build_index(
+    ids: Any,
+    vectors: Any,
+    kind: str = "exact",
+    metric: str = "dot",
+    *,
+    queries: Any = None,
+    recall_k: int = 100,
+    recall_sample: int = 1000,
+    seed: int = 0,
+    **params: int | None,
+) -> tuple[VectorIndex, BuildReport]:
     """An index of ``vectors`` float32 (n, dim) under raw ``ids`` (n,), and its build report.
 
     Recall (approximate kinds only) is measured on ``recall_sample`` of ``queries`` if given, else of
@@ -60,9 +69,17 @@ def build_index(ids: Any, vectors: Any, kind: str = "exact", metric: str = "dot"
         rows = np.random.default_rng(seed).choice(len(pool), min(recall_sample, len(pool)), replace=False)
         queries = pool[np.sort(rows)]
         found, asked = recall_against_exact(index, (ids, vectors), queries, recall_k), len(queries)
-    return index, BuildReport(kind=kind, metric=metric, count=len(index), dim=index.dim,
-                              build_seconds=round(seconds, 3), recall=found, recall_k=recall_k,
-                              recall_queries=asked, params=dict(index.params))
+    return index, BuildReport(
+        kind=kind,
+        metric=metric,
+        count=len(index),
+        dim=index.dim,
+        build_seconds=round(seconds, 3),
+        recall=found,
+        recall_k=recall_k,
+        recall_queries=asked,
+        params=dict(index.params),
+    )
 
 
 def exact_search(ids: Any, vectors: Any, queries: Any, k: int, metric: str = "dot") -> tuple[np.ndarray, np.ndarray]:
@@ -98,8 +115,7 @@ def recall_against_exact(index: VectorIndex, exact: VectorIndex | tuple[Any, Any
     ``(ids, vectors)`` the index holds (searched brute-force with the index's metric)."""
     if isinstance(exact, VectorIndex):
         if exact.kind != "exact" or exact.metric != index.metric:
-            raise DataError(f"exact: expected an exact {index.metric} index, got a {exact.kind} "
-                            f"{exact.metric} one")
+            raise DataError(f"exact: expected an exact {index.metric} index, got a {exact.kind} {exact.metric} one")
         truth = exact.search(queries, k)
     else:
         truth = exact_search(*exact, queries, k, metric=index.metric)

@@ -1,4 +1,4 @@
-"""The HTTP service around a :class:`~recfunnel.retrieval.funnel.Funnel` (FastAPI).
+"""The HTTP service around a :class:`~recfunnel.funnel.pipeline.Funnel` (FastAPI).
 
     POST /recommend                 {"user_id": 196, "k": 10, "exclude": [50], "features": {...}}
         -> {"user_id", "items": [{"item_id", "score", "rank"}], "source", "timings_ms", "warnings"}
@@ -35,11 +35,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
 from recfunnel.errors import RecfunnelError
-from recfunnel.retrieval.funnel import Funnel
+from recfunnel.funnel.pipeline import Funnel
 from recfunnel.serve.metrics import CONTENT_TYPE, Metrics
 from recfunnel.serve.middleware import BodyLimit, RequestMetrics
-from recfunnel.serve.schema import (DEFAULT_K, Health, RecommendResponse, SimilarResponse, json_type, recommend_request,
-                                    validation_message)
+from recfunnel.serve.schema import (
+    DEFAULT_K,
+    Health,
+    RecommendResponse,
+    SimilarResponse,
+    json_type,
+    recommend_request,
+    validation_message,
+)
 
 __all__ = ["create_app", "MAX_BODY_BYTES", "MAX_K", "WORKERS"]
 
@@ -62,8 +69,9 @@ class _Failed(Exception):
     """The funnel failed on a request (logged where it happened): 500 with this message."""
 
 
-def create_app(funnel: Funnel, *, max_body_bytes: int = MAX_BODY_BYTES, max_k: int = MAX_K,
-               workers: int = WORKERS) -> FastAPI:
+def create_app(
+    funnel: Funnel, *, max_body_bytes: int = MAX_BODY_BYTES, max_k: int = MAX_K, workers: int = WORKERS
+) -> FastAPI:
     """The service of one loaded funnel. Its request path is warmed up here (one request of each
     kind), so that lazily built state is not first built by two threads at once."""
     for name, value in (("max_body_bytes", max_body_bytes), ("max_k", max_k), ("workers", workers)):
@@ -92,15 +100,21 @@ def create_app(funnel: Funnel, *, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
         args = (body.user_id, body.k, list(body.exclude), body.features)
         result, timings = await _in_pool(pool, funnel.recommend, *args)
         metrics.observe_funnel(result.source, result.timings)
-        return {"user_id": body.user_id, "items": _ranked(result.items), "source": result.source,
-                "timings_ms": {**result.timings, **timings}, "warnings": result.warnings}
+        return {
+            "user_id": body.user_id,
+            "items": _ranked(result.items),
+            "source": result.source,
+            "timings_ms": {**result.timings, **timings},
+            "warnings": result.warnings,
+        }
 
     @app.get("/similar-items/{item_id}", response_model=SimilarResponse)
     async def similar_items(item_id: str, k: int | None = None) -> dict[str, Any]:
         k = min(DEFAULT_K, max_k) if k is None else k
         if not 1 <= k <= max_k:
-            raise RequestValidationError([{"type": "value_error", "loc": ("query", "k"),
-                                           "msg": f"must be between 1 and {max_k}, got {k}"}])
+            raise RequestValidationError(
+                [{"type": "value_error", "loc": ("query", "k"), "msg": f"must be between 1 and {max_k}, got {k}"}]
+            )
         for key in _id_candidates(item_id):
             try:
                 items, _ = await _in_pool(pool, funnel.similar_items, key, k, expected=(KeyError,))
@@ -111,8 +125,12 @@ def create_app(funnel: Funnel, *, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
 
     @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "items": len(funnel.index.vectors), "ranker": funnel.ranker is not None,
-                "index": funnel.index.vectors.kind}
+        return {
+            "status": "ok",
+            "items": len(funnel.index.vectors),
+            "ranker": funnel.ranker is not None,
+            "index": funnel.index.vectors.kind,
+        }
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
@@ -121,8 +139,9 @@ def create_app(funnel: Funnel, *, max_body_bytes: int = MAX_BODY_BYTES, max_k: i
     return app
 
 
-async def _in_pool(pool: ThreadPoolExecutor, fn: Any, *args: Any, expected: tuple[type[Exception], ...] = ()
-                   ) -> tuple[Any, dict[str, float]]:
+async def _in_pool(
+    pool: ThreadPoolExecutor, fn: Any, *args: Any, expected: tuple[type[Exception], ...] = ()
+) -> tuple[Any, dict[str, float]]:
     """``fn(*args)`` on a worker thread; (its result, {"queue": ms waiting for a worker, "total":
     ms it ran}). A RecfunnelError (the request's fault: 422) and ``expected`` exceptions pass
     through; any other is logged with its traceback and becomes a one-line 500."""
@@ -228,4 +247,3 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-

@@ -64,21 +64,24 @@ class Metrics:
     def requests(self, route: str | None = None, status: int | None = None) -> int:
         """Requests counted so far, of one route and/or status."""
         with self._lock:
-            return sum(n for (r, _, s), n in self._requests.items()
-                       if route in (None, r) and status in (None, s))
+            return sum(n for (r, _, s), n in self._requests.items() if route in (None, r) and status in (None, s))
 
     def render(self) -> str:
         with self._lock:
             lines = _requests_lines(self._requests)
             lines += _histogram_lines(self._buckets, self._sum)
             lines += _summary_lines({route: list(v) for route, v in self._recent.items()}, self._sum, self._buckets)
-            lines += ["# HELP recfunnel_funnel_stage_seconds Time spent in each funnel stage.",
-                      "# TYPE recfunnel_funnel_stage_seconds summary"]
+            lines += [
+                "# HELP recfunnel_funnel_stage_seconds Time spent in each funnel stage.",
+                "# TYPE recfunnel_funnel_stage_seconds summary",
+            ]
             for stage in sorted(self._stage_sum):
                 lines.append(f'recfunnel_funnel_stage_seconds_sum{{stage="{stage}"}} {self._stage_sum[stage]:.6f}')
                 lines.append(f'recfunnel_funnel_stage_seconds_count{{stage="{stage}"}} {self._stage_count[stage]}')
-            lines += ["# HELP recfunnel_recommendations_total Recommendations by source (user, features, popular).",
-                      "# TYPE recfunnel_recommendations_total counter"]
+            lines += [
+                "# HELP recfunnel_recommendations_total Recommendations by source (user, features, popular).",
+                "# TYPE recfunnel_recommendations_total counter",
+            ]
             lines += [f'recfunnel_recommendations_total{{source="{s}"}} {n}' for s, n in sorted(self._sources.items())]
         return "\n".join(lines) + "\n"
 
@@ -88,8 +91,10 @@ def _label(value: str) -> str:
 
 
 def _requests_lines(requests: dict[tuple[str, str, int], int]) -> list[str]:
-    lines = ["# HELP recfunnel_http_requests_total HTTP requests by route, method and status.",
-             "# TYPE recfunnel_http_requests_total counter"]
+    lines = [
+        "# HELP recfunnel_http_requests_total HTTP requests by route, method and status.",
+        "# TYPE recfunnel_http_requests_total counter",
+    ]
     for (route, method, status), n in sorted(requests.items()):
         labels = f'route="{_label(route)}",method="{method}",status="{status}"'
         lines.append(f"recfunnel_http_requests_total{{{labels}}} {n}")
@@ -98,8 +103,10 @@ def _requests_lines(requests: dict[tuple[str, str, int], int]) -> list[str]:
 
 def _histogram_lines(buckets: dict[str, list[int]], sums: dict[str, float]) -> list[str]:
     name = "recfunnel_http_request_duration_seconds"
-    lines = [f"# HELP {name} HTTP request latency (seconds), from the request's arrival to its last byte.",
-             f"# TYPE {name} histogram"]
+    lines = [
+        f"# HELP {name} HTTP request latency (seconds), from the request's arrival to its last byte.",
+        f"# TYPE {name} histogram",
+    ]
     for route in sorted(buckets):
         counts = np.cumsum(buckets[route])
         label = _label(route)
@@ -112,8 +119,10 @@ def _histogram_lines(buckets: dict[str, list[int]], sums: dict[str, float]) -> l
 
 def _summary_lines(recent: dict[str, list[float]], sums: dict[str, float], buckets: dict[str, list[int]]) -> list[str]:
     name = "recfunnel_http_request_latency_seconds"
-    lines = [f"# HELP {name} HTTP request latency quantiles (seconds) over the last {WINDOW} requests of a route.",
-             f"# TYPE {name} summary"]
+    lines = [
+        f"# HELP {name} HTTP request latency quantiles (seconds) over the last {WINDOW} requests of a route.",
+        f"# TYPE {name} summary",
+    ]
     for route in sorted(recent):
         label = _label(route)
         values = np.quantile(recent[route], QUANTILES) if recent[route] else [float("nan")] * len(QUANTILES)

@@ -44,8 +44,9 @@ class BodyLimit:
             if int(declared) > self.max_bytes:
                 if int(declared) <= DRAIN_BYTES and not await _drain(receive):
                     return
-                return await _reply(scope, receive, send, 413, f"body is {int(declared):,} bytes; the limit is "
-                                    f"{self.max_bytes:,}")
+                return await _reply(
+                    scope, receive, send, 413, f"body is {int(declared):,} bytes; the limit is {self.max_bytes:,}"
+                )
         body = bytearray()
         more = True
         while more:
@@ -59,8 +60,13 @@ class BodyLimit:
                     return
                 return await _reply(scope, receive, send, 413, f"body is over the limit of {self.max_bytes:,} bytes")
         if body and not _is_json(headers.get("content-type")):
-            return await _reply(scope, receive, send, 415, f"Content-Type: expected application/json, got "
-                                f"{headers.get('content-type') or 'none'}")
+            return await _reply(
+                scope,
+                receive,
+                send,
+                415,
+                f"Content-Type: expected application/json, got {headers.get('content-type') or 'none'}",
+            )
         await self.app(scope, _replay(bytes(body), receive), send)
 
 

@@ -28,8 +28,15 @@ _URL = re.compile(r"on (http://\S+)\s*$")
 
 
 class ServerProcess:
-    def __init__(self, args: list[Any], *, host: str = "127.0.0.1", start_timeout: float = 120.0,
-                 stop_timeout: float = 15.0, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[Any],
+        *,
+        host: str = "127.0.0.1",
+        start_timeout: float = 120.0,
+        stop_timeout: float = 15.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.args = [str(a) for a in args] + ["--host", host, "--port", "0"]
         self.start_timeout, self.stop_timeout = start_timeout, stop_timeout
         self.env = env
@@ -37,7 +44,7 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
         self._logs: tempfile.TemporaryDirectory | None = None
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         self.start()
         return self
 
@@ -48,9 +55,13 @@ class ServerProcess:
         self._logs = tempfile.TemporaryDirectory(prefix="recfunnel-server-")
         out, err = (open(Path(self._logs.name) / name, "w") for name in ("stdout", "stderr"))
         with out, err:
-            self.process = subprocess.Popen([sys.executable, "-m", "recfunnel.cli", "serve", *self.args],
-                                            stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                            env={**os.environ, **(self.env or {})})
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "recfunnel.cli", "serve", *self.args],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(self.env or {})},
+            )
         try:
             self.url = self._wait_for_url()
             self._wait_for_health()
@@ -87,8 +98,9 @@ class ServerProcess:
             if match := _URL.search(self.log("stdout")):
                 return match.group(1)
             if self.process.poll() is not None:
-                raise RecfunnelError(f"recfunnel serve exited with code {self.process.returncode} before "
-                                     f"serving: {self._last_line()}")
+                raise RecfunnelError(
+                    f"recfunnel serve exited with code {self.process.returncode} before serving: {self._last_line()}"
+                )
             time.sleep(0.05)
         raise RecfunnelError(f"recfunnel serve did not load within {self.start_timeout:g} s: {self._last_line()}")
 
@@ -100,8 +112,9 @@ class ServerProcess:
                     return
             except OSError as e:  # refused until uvicorn listens
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RecfunnelError(f"recfunnel serve at {self.url} never became healthy ({e}): "
-                                         f"{self._last_line()}") from None
+                    raise RecfunnelError(
+                        f"recfunnel serve at {self.url} never became healthy ({e}): {self._last_line()}"
+                    ) from None
                 time.sleep(0.05)
 
     def _last_line(self) -> str:

@@ -23,7 +23,7 @@ import yaml
 from recfunnel.errors import RecfunnelError
 
 if TYPE_CHECKING:  # torch and faiss only when a funnel is loaded: the benchmark's client needs neither
-    from recfunnel.retrieval.funnel import Funnel, FunnelConfig
+    from recfunnel.funnel.pipeline import Funnel, FunnelConfig
 
 __all__ = ["resolve_model", "is_mlflow_uri", "load_funnel"]
 
@@ -41,8 +41,10 @@ def resolve_model(location: str | Path, into: str | Path | None = None) -> Path:
     if not is_mlflow_uri(location):
         path = Path(location)
         if not path.exists():
-            raise RecfunnelError(f"{path}: no such folder (expected a run folder, a model folder or an MLflow "
-                                 f"URI such as runs:/<run_id>/model or models:/<name>/<version>)")
+            raise RecfunnelError(
+                f"{path}: no such folder (expected a run folder, a model folder or an MLflow "
+                f"URI such as runs:/<run_id>/model or models:/<name>/<version>)"
+            )
         return _inside_pyfunc(path) if (path / "MLmodel").is_file() else path
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
@@ -54,11 +56,15 @@ def resolve_model(location: str | Path, into: str | Path | None = None) -> Path:
         local = mlflow.artifacts.download_artifacts(artifact_uri=str(location), dst_path=str(into))
     except (MlflowException, OSError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise RecfunnelError(f"{location}: cannot fetch the model from MLflow "
-                             f"({os.environ.get('MLFLOW_TRACKING_URI', 'default tracking URI')}): {reason}") from None
+        raise RecfunnelError(
+            f"{location}: cannot fetch the model from MLflow "
+            f"({os.environ.get('MLFLOW_TRACKING_URI', 'default tracking URI')}): {reason}"
+        ) from None
     if not (Path(local) / "MLmodel").is_file():
-        raise RecfunnelError(f"{location}: not an MLflow model (no MLmodel file); give runs:/<run_id>/model, "
-                             f"models:/<name>/<version|latest> or models:/<model_id>")
+        raise RecfunnelError(
+            f"{location}: not an MLflow model (no MLmodel file); give runs:/<run_id>/model, "
+            f"models:/<name>/<version|latest> or models:/<model_id>"
+        )
     return _inside_pyfunc(Path(local), str(location))
 
 
@@ -68,26 +74,26 @@ def _inside_pyfunc(folder: Path, name: str | None = None) -> Path:
     artifacts = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
     inner = folder / artifacts.get("model", {}).get("path", "artifacts/model")
     if not (inner / "model.pt").is_file():
-        raise RecfunnelError(f"{name or folder}: an MLflow model, but not one of recfunnel's (no "
-                             f"artifacts/model/model.pt)")
+        raise RecfunnelError(
+            f"{name or folder}: an MLflow model, but not one of recfunnel's (no artifacts/model/model.pt)"
+        )
     return inner
 
 
-def load_funnel(run: str | Path, index: str | Path | None = None, ranker: str | Path | None = None,
-                config: FunnelConfig | None = None, into: str | Path | None = None) -> Funnel:
+def load_funnel(
+    run: str | Path,
+    index: str | Path | None = None,
+    ranker: str | Path | None = None,
+    config: FunnelConfig | None = None,
+    into: str | Path | None = None,
+) -> Funnel:
     """``Funnel.load`` of a two-tower ``run`` and an optional ``ranker``, each a local folder or an
-    MLflow model (downloaded under ``into``)."""
-    from recfunnel.retrieval.funnel import Funnel
+    MLflow model (downloaded under ``into``); without ``index``, an exact one is built in memory."""
+    from recfunnel.funnel.pipeline import Funnel  # torch and faiss: see the TYPE_CHECKING import above
 
     def under(name: str) -> Path | None:
         return Path(into) / name if into is not None else None
 
-    if index is None and (is_mlflow_uri(run) or (Path(run) / "MLmodel").is_file()):
-        # Without an index, Funnel.load builds one in memory, and needs the training dataset for
-        # each user's seen items and item popularity: a logged model does not carry it.
-        raise RecfunnelError(f"--run {run}: a model from MLflow carries no training data (seen items, item "
-                             f"popularity); build its index where the run is (`recfunnel index --run RUN_DIR "
-                             f"--out INDEX_DIR`) and pass --index INDEX_DIR")
     retriever = resolve_model(run, under("run"))
     ranked = resolve_model(ranker, under("ranker")) if ranker is not None else None
     return Funnel.load(retriever, index=index, ranker=ranked, config=config)

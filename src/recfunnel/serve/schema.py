@@ -17,8 +17,17 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
-__all__ = ["recommend_request", "RecommendResponse", "SimilarResponse", "ScoredItem", "Health",
-           "validation_message", "json_type", "DEFAULT_K", "MAX_EXCLUDE"]
+__all__ = [
+    "recommend_request",
+    "RecommendResponse",
+    "SimilarResponse",
+    "ScoredItem",
+    "Health",
+    "validation_message",
+    "json_type",
+    "DEFAULT_K",
+    "MAX_EXCLUDE",
+]
 
 MAX_EXCLUDE = 10_000
 DEFAULT_K = 10  # or max_k, if smaller
@@ -85,8 +94,7 @@ def recommend_request(max_k: int) -> type[BaseModel]:
 
         user_id: UserId = Field(description="a raw user id; null for an anonymous user")
         k: K = Field(min(DEFAULT_K, max_k), description=f"items to return, 1..{max_k}")
-        exclude: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE,
-                                  description="raw item ids to leave out")
+        exclude: list[Id] = Field(default_factory=list, max_length=MAX_EXCLUDE, description="raw item ids to leave out")
         features: dict[str, FeatureValue] | None = Field(None, description="a new user's raw features")
 
     return RecommendRequest

@@ -29,7 +29,8 @@ import faiss
 import torch
 
 from recfunnel.errors import RecfunnelError
-from recfunnel.retrieval.funnel import Funnel, FunnelConfig
+from recfunnel.funnel.pipeline import Funnel, FunnelConfig
+from recfunnel.serve.app import create_app
 from recfunnel.serve.resolve import load_funnel
 
 __all__ = ["serve", "describe", "THREADS", "GRACE_S"]
@@ -38,14 +39,18 @@ THREADS = 1
 GRACE_S = 10
 
 
-def serve(run: str | Path, index: str | Path | None = None, ranker: str | Path | None = None,
-          host: str = "127.0.0.1", port: int = 8000, config: FunnelConfig | None = None,
-          log_level: str = "warning") -> None:
+def serve(
+    run: str | Path,
+    index: str | Path | None = None,
+    ranker: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    config: FunnelConfig | None = None,
+    log_level: str = "warning",
+) -> None:
     """Serve the funnel of a two-tower ``run`` (folder or MLflow URI), its ``index`` folder and an
     optional ``ranker`` (folder or MLflow URI) on ``host:port``, until interrupted."""
     import uvicorn
-
-    from recfunnel.serve.app import create_app
 
     torch.set_num_threads(THREADS)
     faiss.omp_set_num_threads(THREADS)
@@ -60,8 +65,9 @@ def serve(run: str | Path, index: str | Path | None = None, ranker: str | Path |
         bound = sock.getsockname()[1]
         url_host = f"[{host}]" if ":" in host else host
         print(f"recfunnel serve: {describe(funnel, run, ranker)} on http://{url_host}:{bound}", flush=True)
-        server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=GRACE_S,
-                                               access_log=False))
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=GRACE_S, access_log=False)
+        )
         with sock, _sigterm_returns():
             server.run(sockets=[sock])
 
@@ -69,8 +75,10 @@ def serve(run: str | Path, index: str | Path | None = None, ranker: str | Path |
 def describe(funnel: Funnel, run: str | Path, ranker: str | Path | None) -> str:
     """``two-tower RUN (1,682 items, exact index, 100 candidates) + dlrm RANKER``."""
     index = funnel.index.vectors
-    out = (f"{funnel.retriever.kind} {run} ({len(index):,} items, {index.kind} index, "
-           f"{funnel.config.candidates} candidates)")
+    out = (
+        f"{funnel.retriever.kind} {run} ({len(index):,} items, {index.kind} index, "
+        f"{funnel.config.candidates} candidates)"
+    )
     return out + (f" + {funnel.ranker.kind} {ranker}" if funnel.ranker is not None else "")
 
 

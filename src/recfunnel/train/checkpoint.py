@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.api import CheckpointException
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 
 from recfunnel.errors import RecfunnelError
@@ -76,8 +77,15 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return path if (path / TRAINER).exists() else None
 
 
-def save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, trainer: dict[str, Any], world: World,
-                    keep: int = 2, objective_state: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    folder: Path,
+    model: nn.Module,
+    optimizer: Any,
+    trainer: dict[str, Any],
+    world: World,
+    keep: int = 2,
+    objective_state: dict[str, Any] | None = None,
+) -> Path:
     """Write a checkpoint of step ``trainer["step"]`` (collective: every rank calls it); keeps the
     newest ``keep`` checkpoints. ``trainer`` must be the same on every rank, except that per-rank
     RNG and objective states are gathered here."""
@@ -99,7 +107,7 @@ def save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, trainer: dic
         pointer.write_text(name + "\n")
         pointer.replace(folder / LATEST)
         old = sorted(p for p in folder.glob(f"{PREFIX}*") if p.is_dir() and p != final)
-        for path in old[:max(0, len(old) - (keep - 1))]:
+        for path in old[: max(0, len(old) - (keep - 1))]:
             shutil.rmtree(path, ignore_errors=True)
     dist.barrier()
     return final

@@ -29,8 +29,15 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recfunnel.config import OptimizerConfig
 
-__all__ = ["World", "init_world", "wrap", "init_embeddings", "dense_optimizer", "embedding_optimizer_class",
-           "PLANNER_SHARDING_TYPES"]
+__all__ = [
+    "World",
+    "init_world",
+    "wrap",
+    "init_embeddings",
+    "dense_optimizer",
+    "embedding_optimizer_class",
+    "PLANNER_SHARDING_TYPES",
+]
 
 # What the planner may choose by itself. Not data_parallel: its tables take a dense-kernel
 # optimizer whose state differs from the fused one, so a checkpoint could not move between world
@@ -91,8 +98,12 @@ def embedding_optimizer_class(cfg: OptimizerConfig) -> tuple[type, dict]:
 
 
 def dense_optimizer(cfg: OptimizerConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad,
-             "sgd": torch.optim.SGD}
+    kinds = {
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "adagrad": torch.optim.Adagrad,
+        "sgd": torch.optim.SGD,
+    }
     kwargs = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     if cfg.name != "sgd":
         kwargs["eps"] = cfg.eps
@@ -103,8 +114,14 @@ def embedding_collections(model: nn.Module) -> list[EmbeddingBagCollection]:
     return [m for m in model.modules() if isinstance(m, EmbeddingBagCollection)]
 
 
-def wrap(model: nn.Module, world: World, embedding_opt: OptimizerConfig, dense_opt: OptimizerConfig,
-         plan: ShardingPlan | None = None, batch_size: int = 512) -> tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
+def wrap(
+    model: nn.Module,
+    world: World,
+    embedding_opt: OptimizerConfig,
+    dense_opt: OptimizerConfig,
+    plan: ShardingPlan | None = None,
+    batch_size: int = 512,
+) -> tuple[DistributedModelParallel, CombinedOptimizer, ShardingPlan]:
     """``model`` (embedding tables on the meta device) sharded by the planner's plan (or ``plan``),
     with the embedding optimizer fused into backward and ``dense_opt`` for everything else.
 
@@ -116,22 +133,34 @@ def wrap(model: nn.Module, world: World, embedding_opt: OptimizerConfig, dense_o
     sharders = [EmbeddingBagCollectionSharder()]
     if plan is None:
         topology = TopologyFactory.create_topology(
-            TrainerConfig(world_size=world.world_size,
-                          local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size))),
-            kernel_config=KernelConfig(compute_device=world.device.type))
-        constraints = {c.name: ParameterConstraints(sharding_types=PLANNER_SHARDING_TYPES, compute_kernels=["fused"])
-                       for ebc in embedding_collections(model) for c in ebc.embedding_bag_configs()}
-        planner = EmbeddingShardingPlanner(topology=topology, batch_size=batch_size, constraints=constraints,
-                                           storage_reservation=FixedPercentageStorageReservation(0.15))
+            TrainerConfig(
+                world_size=world.world_size, local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size))
+            ),
+            kernel_config=KernelConfig(compute_device=world.device.type),
+        )
+        constraints = {
+            c.name: ParameterConstraints(sharding_types=PLANNER_SHARDING_TYPES, compute_kernels=["fused"])
+            for ebc in embedding_collections(model)
+            for c in ebc.embedding_bag_configs()
+        }
+        planner = EmbeddingShardingPlanner(
+            topology=topology,
+            batch_size=batch_size,
+            constraints=constraints,
+            storage_reservation=FixedPercentageStorageReservation(0.15),
+        )
         plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
     # alone, DDP's gradient buckets only copy: leave the dense part unwrapped
     with warnings.catch_warnings():
         # TorchRec 1.8 passes DDP's `broadcast_buffers`, which torch now calls deprecated
         warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
-        dmp = DistributedModelParallel(model, device=world.device, plan=plan, sharders=sharders,
-                                       init_data_parallel=world.world_size > 1)
-    dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
-                                  lambda params: dense_optimizer(dense_opt, list(params)))
+        dmp = DistributedModelParallel(
+            model, device=world.device, plan=plan, sharders=sharders, init_data_parallel=world.world_size > 1
+        )
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(dmp.named_parameters())),
+        lambda params: dense_optimizer(dense_opt, list(params)),
+    )
     return dmp, CombinedOptimizer([dmp.fused_optimizer, dense]), plan
 
 
@@ -149,11 +178,17 @@ def init_embeddings(model: nn.Module, seed: int) -> None:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # ShardedTensor, which torch says DTensor will replace
-        tables = [(key, value.size() if isinstance(value, ShardedTensor) else value.shape,
-                   [(s.tensor, *s.metadata.shard_offsets) for s in value.local_shards()]
-                   if isinstance(value, ShardedTensor) else [(value, 0, 0)])
-                  for key, value in model.state_dict().items()
-                  if ".embedding_bags." in key and key.endswith(".weight")]
+        tables = [
+            (
+                key,
+                value.size() if isinstance(value, ShardedTensor) else value.shape,
+                [(s.tensor, *s.metadata.shard_offsets) for s in value.local_shards()]
+                if isinstance(value, ShardedTensor)
+                else [(value, 0, 0)],
+            )
+            for key, value in model.state_dict().items()
+            if ".embedding_bags." in key and key.endswith(".weight")
+        ]
     for key, (rows, dim), pieces in tables:
         bound = math.sqrt(1.0 / rows)
         table = zlib.crc32(key.encode())
@@ -164,4 +199,4 @@ def init_embeddings(model: nn.Module, seed: int) -> None:
                 gen = torch.Generator().manual_seed((seed * 1_000_003 + table) * 100_003 + chunk)
                 values = torch.empty(hi - lo, dim).uniform_(-bound, bound, generator=gen)
                 a, b = max(lo, row0), min(hi, row0 + n)
-                tensor[a - row0:b - row0].copy_(values[a - lo:b - lo, col0:col0 + width])
+                tensor[a - row0 : b - row0].copy_(values[a - lo : b - lo, col0 : col0 + width])

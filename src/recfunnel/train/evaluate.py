@@ -10,9 +10,12 @@ from typing import Any
 
 import torch
 
-from recfunnel.data.schema import Manifest, load_manifest
+from recfunnel.data.format.manifest import Manifest, load_manifest
 from recfunnel.errors import ConfigError, RecfunnelError
-from recfunnel.train.summary import print_summary
+from recfunnel.store.model import load_trained
+from recfunnel.train.distributed import init_world
+from recfunnel.train.objectives import RankingObjective, RetrievalObjective
+from recfunnel.train.summary import print_run_summary
 
 __all__ = ["load_metrics", "evaluate_run", "check_model_matches"]
 
@@ -34,24 +37,24 @@ def check_model_matches(model_manifest: Manifest, data: str | Path, manifest: Ma
         if f.name not in theirs:
             raise ConfigError(f"{data}: no sparse feature {f.name!r}, which the model reads")
         if theirs[f.name].cardinality != f.cardinality:
-            raise ConfigError(f"{data}: feature {f.name!r} has cardinality {theirs[f.name].cardinality:,}, the "
-                              f"model's table has {f.cardinality:,} rows; prepare the data with the model's "
-                              f"vocabularies")
+            raise ConfigError(
+                f"{data}: feature {f.name!r} has cardinality {theirs[f.name].cardinality:,}, the "
+                f"model's table has {f.cardinality:,} rows; prepare the data with the model's "
+                f"vocabularies"
+            )
     dense = [f.name for f in manifest.dense]
     if dense != [f.name for f in model_manifest.dense]:
-        raise ConfigError(f"{data}: dense features {dense}, the model was trained on "
-                          f"{[f.name for f in model_manifest.dense]}")
+        raise ConfigError(
+            f"{data}: dense features {dense}, the model was trained on {[f.name for f in model_manifest.dense]}"
+        )
     labels = [label.name for label in manifest.labels]
     if labels != [label.name for label in model_manifest.labels]:
-        raise ConfigError(f"{data}: labels {labels}, the model was trained with "
-                          f"{[label.name for label in model_manifest.labels]}")
+        raise ConfigError(
+            f"{data}: labels {labels}, the model was trained with {[label.name for label in model_manifest.labels]}"
+        )
 
 
 def _recompute(run: str | Path, data: str | Path) -> dict[str, Any]:
-    from recfunnel.train.artifacts import load_trained
-    from recfunnel.train.distributed import init_world
-    from recfunnel.train.objectives import RankingObjective, RetrievalObjective
-
     trained = load_trained(run)
     manifest = load_manifest(data)
     check_model_matches(trained.manifest, data, manifest)
@@ -74,5 +77,5 @@ def evaluate_run(run: str | Path, as_json: bool = False, data: str | Path | None
     if as_json:
         print(json.dumps(metrics, indent=None))
     else:
-        print_summary(metrics, Path(run))
+        print_run_summary(metrics, Path(run))
     return metrics

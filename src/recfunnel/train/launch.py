@@ -37,6 +37,14 @@ def without_launcher(argv: list[str]) -> list[str]:
 
 def run_torchrun(argv: list[str], nproc: int) -> int:
     """Run ``recfunnel <argv>`` as ``nproc`` processes (gloo on CPU, nccl on GPUs); the exit code."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "recfunnel.cli", *without_launcher(argv)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "recfunnel.cli",
+        *without_launcher(argv),
+    ]
     return subprocess.run(cmd).returncode

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,7 +23,8 @@ from torchrec.distributed.types import ShardedTensor
 from tqdm import tqdm
 
 from recfunnel.config import RunConfig
-from recfunnel.data.loader import StreamingBatchLoader
+from recfunnel.data.format.manifest import Manifest
+from recfunnel.data.stream.loader import StreamingBatchLoader
 from recfunnel.errors import RecfunnelError
 from recfunnel.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from recfunnel.train.distributed import World
@@ -121,7 +123,7 @@ class _Progress:
     stopped_early: bool = False
 
 
-_MULTIPLIERS = torch.tensor([pow(1_000_003, i + 1, 2 ** 61) for i in range(64)], dtype=torch.int64)
+_MULTIPLIERS = torch.tensor([pow(1_000_003, i + 1, 2**61) for i in range(64)], dtype=torch.int64)
 
 
 def _audit(batch: Any, single_hot: int) -> torch.Tensor:
@@ -131,15 +133,25 @@ def _audit(batch: Any, single_hot: int) -> torch.Tensor:
     n = len(real)
     hashed = (batch.labels[:, 0] * 1000).round().long() * 31
     if single_hot:
-        ids = batch.sparse.values()[:single_hot * n].view(single_hot, n)
-        hashed = hashed + (ids * _MULTIPLIERS[:single_hot, None].to(ids.device) % (2 ** 61)).sum(0)
+        ids = batch.sparse.values()[: single_hot * n].view(single_hot, n)
+        hashed = hashed + (ids * _MULTIPLIERS[:single_hot, None].to(ids.device) % (2**61)).sum(0)
     return torch.stack([real.sum(), (hashed * real).sum()]).cpu()
 
 
 class _Loop:
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, objective: Any, config: RunConfig,
-                 world: World, checkpoints: Path, metric: str, has_val: bool, show: bool,
-                 log: Callable[[dict[str, float], int], None]):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        objective: Any,
+        config: RunConfig,
+        world: World,
+        checkpoints: Path,
+        metric: str,
+        has_val: bool,
+        show: bool,
+        log: Callable[[dict[str, float], int], None],
+    ):
         self.model, self.optimizer, self.objective = model, optimizer, objective
         self.config = config
         self.cfg, self.world, self.checkpoints, self.metric = config.train, world, checkpoints, metric
@@ -156,9 +168,15 @@ class _Loop:
         self.model.train()
         single_hot = len(loader.manifest.single_hot)
         done_before = sum(loader.state_dict()["consumed"])  # > 0 when resuming mid-epoch
-        bar = tqdm(total=len(loader), initial=done_before,
-                   desc=f"epoch {epoch}/{cfg.epochs}", disable=not self.show, leave=False, unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=len(loader),
+            initial=done_before,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            disable=not self.show,
+            leave=False,
+            unit="step",
+            dynamic_ncols=True,
+        )
         start = time.perf_counter()
         for batch in loader:
             losses = self.step(batch.to(self.world.device), epoch)
@@ -167,12 +185,16 @@ class _Loop:
             value = losses["loss"].item()
             p.running = value if p.running is None else 0.9 * p.running + 0.1 * value
             elapsed = p.epoch_seconds + time.perf_counter() - start
-            bar.set_postfix(loss=f"{p.running:.4f}", samples_per_s=f"{p.epoch_throughput_rows / max(elapsed, 1e-9):,.0f}")
+            bar.set_postfix(
+                loss=f"{p.running:.4f}", samples_per_s=f"{p.epoch_throughput_rows / max(elapsed, 1e-9):,.0f}"
+            )
             bar.update()
             if p.step % cfg.log_every == 0:
                 # the smoothed loss: single-step losses of small batches are mostly noise
-                point = {"train_loss": p.running, **{f"train_{k}_loss": v.item() for k, v in losses.items()
-                                                     if k != "loss"}}
+                point = {
+                    "train_loss": p.running,
+                    **{f"train_{k}_loss": v.item() for k, v in losses.items() if k != "loss"},
+                }
                 p.history.append({"step": p.step, "epoch": epoch - 1 + bar.n / max(1, len(loader)), **point})
                 self.log(point, p.step)
             if cfg.checkpoint_every and p.step % cfg.checkpoint_every == 0:
@@ -189,17 +211,28 @@ class _Loop:
         if self.world.world_size > 1:
             dist.all_reduce(total)
         self.progress.epoch_rows += int(total[0])
-        self.progress.epoch_checksum = (self.progress.epoch_checksum + int(total[1]) + 2 ** 63) % 2 ** 64 - 2 ** 63
+        self.progress.epoch_checksum = (self.progress.epoch_checksum + int(total[1]) + 2**63) % 2**64 - 2**63
         self._unsynced.zero_()
 
     def checkpoint(self, loader: StreamingBatchLoader) -> None:
         """A resumable checkpoint of this moment (collective)."""
         self._sync_audit()
         state = getattr(self.objective, "state_dict", lambda: {})()
-        trainer = {"step": self.progress.step, "progress": asdict(self.progress), "loader": loader.state_dict(),
-                   "config": self.config.to_dict()}
-        save_checkpoint(self.checkpoints, self.model, self.optimizer, trainer, self.world,
-                        keep=self.cfg.keep_checkpoints, objective_state=state)
+        trainer = {
+            "step": self.progress.step,
+            "progress": asdict(self.progress),
+            "loader": loader.state_dict(),
+            "config": self.config.to_dict(),
+        }
+        save_checkpoint(
+            self.checkpoints,
+            self.model,
+            self.optimizer,
+            trainer,
+            self.world,
+            keep=self.cfg.keep_checkpoints,
+            objective_state=state,
+        )
 
     def restore(self, path: Path, loader: StreamingBatchLoader) -> int:
         """Continue from the checkpoint at ``path``; returns its step."""
@@ -217,7 +250,8 @@ class _Loop:
             raise TrainingError(
                 f"the training loss became {_shown(loss)} at epoch {epoch}, step {self.progress.step + 1}; "
                 f"stopped. The last good checkpoint is {self._last_good()}; try a lower learning rate "
-                f"(train.dense_optimizer.lr, train.embedding_optimizer.lr)")
+                f"(train.dense_optimizer.lr, train.embedding_optimizer.lr)"
+            )
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -259,20 +293,35 @@ class _Loop:
                 _save(self.checkpoints / "best.pt", {"state_dict": state, "epoch": epoch, "step": p.step})
         elif complete:
             p.bad_epochs += 1
-        p.stopped_early = self.has_val and bool(self.cfg.early_stopping_patience) and \
-            p.bad_epochs >= self.cfg.early_stopping_patience
+        p.stopped_early = (
+            self.has_val and bool(self.cfg.early_stopping_patience) and p.bad_epochs >= self.cfg.early_stopping_patience
+        )
         self.checkpoint(loader)
         if self.show:
             shown = "".join(f", val_{k} {v:.4f}" for k, v in val.items())
-            tqdm.write(f"epoch {epoch}{'' if complete else ' (cut short by train.max_steps)'}: loss "
-                       f"{loss if loss is not None else float('nan'):.4f}, {rows / max(seconds, 1e-9):,.0f} "
-                       f"samples/s{shown}" + (" *" if improved and self.has_val else ""))
+            tqdm.write(
+                f"epoch {epoch}{'' if complete else ' (cut short by train.max_steps)'}: loss "
+                f"{loss if loss is not None else float('nan'):.4f}, {rows / max(seconds, 1e-9):,.0f} "
+                f"samples/s{shown}" + (" *" if improved and self.has_val else "")
+            )
 
 
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Any, config: RunConfig, data: str,
-        world: World, checkpoints: Path, metric: str, *, has_val: bool, quiet: bool = False,
-        log: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
-        resume: Path | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    objective: Any,
+    config: RunConfig,
+    data: str,
+    manifest: Manifest,
+    world: World,
+    checkpoints: Path,
+    metric: str,
+    *,
+    has_val: bool,
+    quiet: bool = False,
+    log: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+    resume: Path | None = None,
+) -> FitResult:
     """Train ``model`` (DMP-wrapped) until ``config.train.epochs`` or early stopping.
 
     Writes ``checkpoints/best.pt`` (weights of the best validation epoch; the last epoch without a
@@ -281,10 +330,19 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Any, conf
     """
     cfg = config.train
     checkpoints.mkdir(parents=True, exist_ok=True)
-    loop = _Loop(model, optimizer, objective, config, world, checkpoints, metric, has_val,
-                 world.is_main and not quiet, log)
-    loader = StreamingBatchLoader(data, "train", batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
-                                  num_workers=cfg.num_workers, window_blocks=cfg.window_blocks)
+    loop = _Loop(
+        model, optimizer, objective, config, world, checkpoints, metric, has_val, world.is_main and not quiet, log
+    )
+    loader = StreamingBatchLoader(
+        data,
+        "train",
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        window_blocks=cfg.window_blocks,
+        manifest=manifest,
+    )
     resumed_from = None
     try:
         if resume is not None:
@@ -301,5 +359,15 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Any, conf
     if world.world_size > 1:
         dist.barrier()  # all ranks closed the loader before any opens another dataset
     p = loop.progress
-    return FitResult(p.best, p.best_epoch, len(p.audit), p.step, p.seconds, p.rows / max(p.seconds, 1e-9), p.history,
-                     p.stopped_early, p.audit, resumed_from)
+    return FitResult(
+        p.best,
+        p.best_epoch,
+        len(p.audit),
+        p.step,
+        p.seconds,
+        p.rows / max(p.seconds, 1e-9),
+        p.history,
+        p.stopped_early,
+        p.audit,
+        resumed_from,
+    )

@@ -1,5 +1,5 @@
 """What the loop needs to know of each kind of model: how a batch becomes a loss, and how a split
-is evaluated. Ranking objectives wrap a :class:`RankingTask`, retrieval ones a :class:`RetrievalTask`.
+is evaluated. Ranking objectives wrap a :class:`RankingLoss`, retrieval ones a :class:`RetrievalLoss`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import torch.distributed as dist
 from torch import nn
 
 from recfunnel.config import RunConfig
-from recfunnel.data.catalog import Catalog
-from recfunnel.data.loader import Batch, StreamingBatchLoader
-from recfunnel.data.pairs import read_pairs
-from recfunnel.data.schema import Manifest
+from recfunnel.data.format.catalog import Catalog
+from recfunnel.data.format.manifest import Manifest
+from recfunnel.data.format.pairs import earlier_splits, item_popularity, read_pairs
+from recfunnel.data.stream.loader import Batch, StreamingBatchLoader
 from recfunnel.metrics.ranking import accuracy, binary_metrics, regression_metrics
 from recfunnel.metrics.retrieval import evaluate_topk, tfrs_accuracy
-from recfunnel.train.tasks import RankingTask, RetrievalTask
+from recfunnel.train.losses import RankingLoss, RetrievalLoss
+from recfunnel.train.negatives import NegativeSampler
 
 __all__ = ["RankingObjective", "RetrievalObjective", "gather", "sync"]
 
@@ -45,22 +46,25 @@ def _inner(model: nn.Module) -> nn.Module:
 
 class RankingObjective:
     def __init__(self, config: RunConfig, manifest: Manifest, data: str | Path):
-        self.task = RankingTask(config.model.heads, manifest)
+        self.criterion = RankingLoss(config.model.heads, manifest)
         self.config = config
+        self.manifest = manifest
         self.data = str(data)
         self.predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # the last, by split
         self.negatives = None
         if config.train.sampled_negatives:
-            from recfunnel.train.negatives import NegativeSampler
-
-            self.negatives = NegativeSampler(manifest, data, config.train.sampled_negatives,
-                                             config.train.seed + 7919 * (dist.get_rank() if dist.is_initialized() else 0),
-                                             by=config.train.negative_sampling)
+            self.negatives = NegativeSampler(
+                manifest,
+                data,
+                config.train.sampled_negatives,
+                config.train.seed + 7919 * (dist.get_rank() if dist.is_initialized() else 0),
+                by=config.train.negative_sampling,
+            )
 
     def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         if self.negatives is not None:
             batch = self.negatives(batch.to(torch.device("cpu"))).to(batch.dense.device)
-        return self.task.losses(model(batch.dense, batch.sparse), batch.labels, batch.weights)
+        return self.criterion.losses(model(batch.dense, batch.sparse), batch.labels, batch.weights)
 
     def state_dict(self) -> dict[str, Any]:
         return {"negatives": self.negatives.generator.get_state()} if self.negatives is not None else {}
@@ -73,7 +77,9 @@ class RankingObjective:
     def predict(self, model: nn.Module, split: str, device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(logits (n, outputs), labels (n, L), weights (n,)) of a whole split, all ranks together."""
         logits, labels, weights = [], [], []
-        with StreamingBatchLoader(self.data, split, batch_size=self.config.eval.batch_size, shuffle=False) as loader:
+        with StreamingBatchLoader(
+            self.data, split, batch_size=self.config.eval.batch_size, shuffle=False, manifest=self.manifest
+        ) as loader:
             generator = self.negatives.eval_generator(split) if self.negatives is not None else None
             for batch in loader:
                 if self.negatives is not None:
@@ -94,9 +100,9 @@ class RankingObjective:
         keep = weights > 0
         logits, labels, weights = logits[keep], labels[keep], weights[keep]
         out: dict[str, float] = {}
-        heads = self.task.heads
-        losses = self.task.losses(torch.from_numpy(logits), torch.from_numpy(labels), torch.from_numpy(weights))
-        for head, column, sl in zip(heads, self.task.columns, self.task.slices):
+        heads = self.criterion.heads
+        losses = self.criterion.losses(torch.from_numpy(logits), torch.from_numpy(labels), torch.from_numpy(weights))
+        for head, column, sl in zip(heads, self.criterion.columns, self.criterion.slices):
             prefix = "" if len(heads) == 1 else f"{head.label}_"
             target = labels[:, column]
             if head.kind == "binary":
@@ -126,39 +132,49 @@ class RetrievalObjective:
         n_items = manifest.feature(self.item_key).cardinality
         self.train_pairs = read_pairs(data, "train")
         self._pairs: dict[str, Any] = {}
-        popularity = np.bincount(self.train_pairs.items, minlength=n_items).astype(np.float64)
-        self.task = RetrievalTask(config.retrieval, num_items=n_items, batch_size=config.train.batch_size,
-                                  item_popularity=popularity, seed=config.train.seed)
+        popularity = item_popularity(self.train_pairs, n_items)
+        self.criterion = RetrievalLoss(
+            config.retrieval,
+            num_items=n_items,
+            batch_size=config.train.batch_size,
+            item_popularity=popularity,
+            seed=config.train.seed,
+        )
         towers = _inner(model)
         self.user_inputs = (towers.user_tower.sparse_keys, towers.user_tower.dense_names)
         self.item_inputs = (towers.item_tower.sparse_keys, towers.item_tower.dense_names)
 
     def state_dict(self) -> dict[str, Any]:
         """What training changes besides the model: the item-frequency estimate and the negative sampler."""
-        f = self.task.frequency
-        return {"counts": f.counts.clone(), "rows": f.rows, "weight": f.weight,
-                "generator": self.task.generator.get_state()}
+        f = self.criterion.frequency
+        return {
+            "counts": f.counts.clone(),
+            "rows": f.rows,
+            "weight": f.weight,
+            "generator": self.criterion.generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        f = self.task.frequency
+        f = self.criterion.frequency
         f.counts.copy_(state["counts"])
         f.rows, f.weight = float(state["rows"]), float(state["weight"])
-        self.task.generator.set_state(state["generator"])
+        self.criterion.generator.set_state(state["generator"])
 
     def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         users, items = model(batch.dense, batch.sparse)
         if self.config.retrieval.loss == "bce":
-            return {"loss": self.task.bce_loss(users, items, batch.labels, batch.weights)}
-        keep = (batch.labels[:, self.task.label_column] > 0) & (batch.weights > 0)
+            return {"loss": self.criterion.bce_loss(users, items, batch.labels, batch.weights)}
+        keep = (batch.labels[:, self.criterion.label_column] > 0) & (batch.weights > 0)
         item_ids = batch.sparse[self.item_key].values()
         negatives = negative_ids = None
         if self.config.retrieval.extra_negatives:
-            negative_ids = self.task.sample_negatives()
+            negative_ids = self.criterion.sample_negatives()
             dense, kjt = self.items.inputs(self.items.positions_of(negative_ids.numpy()), *self.item_inputs)
             negatives = _inner(model).item_tower(dense.to(users.device), kjt.to(users.device))
             negative_ids = negative_ids.to(users.device)
-        loss = self.task.softmax_loss(users[keep], items[keep], item_ids[keep], batch.weights[keep],
-                                      negatives, negative_ids)
+        loss = self.criterion.softmax_loss(
+            users[keep], items[keep], item_ids[keep], batch.weights[keep], negatives, negative_ids
+        )
         return {"loss": loss}
 
     @torch.no_grad()
@@ -185,8 +201,8 @@ class RetrievalObjective:
         return self._pairs[split]
 
     def exclusions(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        earlier = ["train"] + (["val"] if split == "test" and "val" in self.manifest.splits else [])
-        pairs = [self.pairs(s) for s in earlier]
+        """(users, items) a user has seen by the time of ``split``: left out of its ranking."""
+        pairs = [self.pairs(s) for s in earlier_splits(split, self.manifest.splits)]
         return np.concatenate([p.users for p in pairs]), np.concatenate([p.items for p in pairs])
 
     def relevant(self, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -198,14 +214,22 @@ class RetrievalObjective:
         users, items = self.relevant(split)
         n_items = self.manifest.feature(self.item_key).cardinality - 1
         ex_users, ex_items = self.exclusions(split)
-        out = evaluate_topk(score_users, test_users=users, test_items=items, n_items=n_items,
-                            exclude_users=ex_users, exclude_items=ex_items, ks=tuple(self.config.eval.ks))
+        out = evaluate_topk(
+            score_users,
+            test_users=users,
+            test_items=items,
+            n_items=n_items,
+            exclude_users=ex_users,
+            exclude_items=ex_items,
+            ks=tuple(self.config.eval.ks),
+        )
         if no_exclusion:
             out.update(tfrs_accuracy(score_users, users, items, n_items, tuple(self.config.eval.ks)))
         return {k: float(v) for k, v in out.items() if k not in ("users", "pairs")}  # counts, not metrics
 
-    def evaluate(self, model: nn.Module, split: str, device: torch.device, no_exclusion: bool = False
-                 ) -> dict[str, float]:
+    def evaluate(
+        self, model: nn.Module, split: str, device: torch.device, no_exclusion: bool = False
+    ) -> dict[str, float]:
         user_emb = self.embeddings(model, "user", device)
         item_emb = self.embeddings(model, "item", device)
         return self.evaluate_scores(lambda u: user_emb[torch.from_numpy(u)] @ item_emb.T, split, no_exclusion)

@@ -63,8 +63,10 @@ def calibration_plot(bins: dict[str, Any]) -> Figure:
     label = np.asarray(bins["mean_label"], np.float64)
     count = np.asarray(bins["count"], np.float64)
     if not len(pred) == len(label) == len(count):
-        raise ValueError(f"calibration bins: mean_pred, mean_label, count need one length, got "
-                         f"{len(pred)}, {len(label)}, {len(count)}")
+        raise ValueError(
+            f"calibration bins: mean_pred, mean_label, count need one length, got "
+            f"{len(pred)}, {len(label)}, {len(count)}"
+        )
     keep = count > 0
     fig = Figure(figsize=(4.8, 4.5))
     ax = fig.subplots()
@@ -73,8 +75,13 @@ def calibration_plot(bins: dict[str, Any]) -> Figure:
         share = count[keep] / count[keep].sum()
         ax.plot(pred[keep], label[keep], color="tab:blue", lw=1)
         ax.scatter(pred[keep], label[keep], s=20 + 400 * share, color="tab:blue", alpha=0.7, label="model")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability", ylabel="observed positive rate",
-           title="calibration")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="mean predicted probability",
+        ylabel="observed positive rate",
+        title="calibration",
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
     fig.tight_layout()
@@ -105,5 +112,8 @@ def metric_comparison(rows: dict[str, dict[str, float]], metrics: list[str]) -> 
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool) \
+    return (
+        isinstance(value, (int, float, np.floating, np.integer))
+        and not isinstance(value, bool)
         and math.isfinite(float(value))
+    )

@@ -1,11 +1,11 @@
 """Starting ``recfunnel train`` on several processes with Spark's TorchDistributor.
 
-    run_spark(["train", "--model", "dlrm", "--data", data, "--out", run], num_processes=2)  # -> 0
+    run_spark({"model_kind": "dlrm", "data": data, "out": run}, num_processes=2)  # -> 0
 
 ``local_mode=False``: each rank is a Spark barrier task, on the cluster's executors (or on this
 machine's cores with a ``local[N]`` master); ``local_mode=True``: every rank runs on the driver.
-Either way each rank runs ``recfunnel.cli.run`` on the same arguments and reads its world from
-the environment, as under torchrun, because TorchDistributor starts every rank with torchrun:
+Either way each rank runs :func:`recfunnel.train.run.train` with the same arguments and reads its
+world from the environment, as under torchrun, because TorchDistributor starts every rank with torchrun:
 
 - local_mode=True: one ``torchrun --standalone --nnodes=1 --nproc_per_node=N`` on the driver;
   its output is copied to the driver's stdout as it comes.
@@ -31,17 +31,23 @@ import socket
 import sys
 from typing import Any
 
+from recfunnel.compat.tqdm import close_progress_bars
 from recfunnel.errors import RecfunnelError
-from recfunnel.train.launch import without_launcher
+from recfunnel.spark import spark_session
 
 __all__ = ["run_spark"]
 
 
-def run_spark(argv: list[str], num_processes: int, master: str | None = None, local_mode: bool = False,
-              use_gpu: bool | None = None) -> int:
-    """Run ``recfunnel <argv>`` (launcher options dropped) on ``num_processes`` ranks with
-    TorchDistributor; returns the exit code every rank agreed on (0: success; 2: a user mistake,
-    already printed in one line by the failing rank).
+def run_spark(
+    train_args: dict[str, Any],
+    num_processes: int,
+    master: str | None = None,
+    local_mode: bool = False,
+    use_gpu: bool | None = None,
+) -> int:
+    """Run ``train(**train_args)`` (:func:`recfunnel.train.run.train`) on ``num_processes`` ranks
+    with TorchDistributor; returns the exit code every rank agreed on (0: success; 2: a user
+    mistake, already printed in one line by the failing rank).
 
     master: a Spark master URL; default the active Spark session (Databricks' ``spark``), else a
     new ``local[num_processes]`` one. A session made here is stopped at the end.
@@ -62,7 +68,7 @@ def run_spark(argv: list[str], num_processes: int, master: str | None = None, lo
             _check_gpus(spark, local_mode)
         distributor = TorchDistributor(num_processes=num_processes, local_mode=local_mode, use_gpu=use_gpu)
         distributor.logger.setLevel(logging.WARNING)  # not its "Started/Finished training" lines
-        return distributor.run(_rank_main, without_launcher(argv))
+        return distributor.run(_rank_main, train_args)
     finally:
         if made_here:
             spark.stop()
@@ -72,15 +78,15 @@ def _session(master: str | None, num_processes: int) -> tuple[Any, bool]:
     """The active session if it fits ``master``, else a new one; and whether it was made here."""
     from pyspark.sql import SparkSession
 
-    from recfunnel.data.spark import spark_session
-
     active = SparkSession.getActiveSession()
     if active is not None:
         current = active.conf.get("spark.master", "")
         if master is None or master == current:
             return active, False
-        raise RecfunnelError(f"--spark-master {master}: this process already has a Spark session on {current}; "
-                             "leave --spark-master out to use it")
+        raise RecfunnelError(
+            f"--spark-master {master}: this process already has a Spark session on {current}; "
+            "leave --spark-master out to use it"
+        )
     spark = spark_session(master or f"local[{num_processes}]", app="recfunnel-train")
     spark.sparkContext.setLogLevel("ERROR")  # the user wants training output, not Spark's
     return spark, True
@@ -95,32 +101,37 @@ def _check_slots(spark: Any, num_processes: int) -> None:
     cores = (os.cpu_count() or 1) if match.group(1) == "*" else int(match.group(1) or 1)
     task_cpus = int(spark.conf.get("spark.task.cpus", "1"))
     if num_processes > cores // task_cpus:
-        raise RecfunnelError(f"--num-processes {num_processes}: Spark master {match.group(0)} runs "
-                             f"{cores // task_cpus} task(s) at once ({cores} core(s), spark.task.cpus={task_cpus}); "
-                             "each process needs one")
+        raise RecfunnelError(
+            f"--num-processes {num_processes}: Spark master {match.group(0)} runs "
+            f"{cores // task_cpus} task(s) at once ({cores} core(s), spark.task.cpus={task_cpus}); "
+            "each process needs one"
+        )
 
 
 def _check_gpus(spark: Any, local_mode: bool) -> None:
     key = "spark.driver.resource.gpu.amount" if local_mode else "spark.task.resource.gpu.amount"
     if int(spark.conf.get(key, "0") or 0) < 1:
-        raise RecfunnelError(f"training on GPUs through Spark needs {key} >= 1 in the Spark configuration "
-                             "(GPU clusters set it); set it, or train on CPU")
+        raise RecfunnelError(
+            f"training on GPUs through Spark needs {key} >= 1 in the Spark configuration "
+            "(GPU clusters set it); set it, or train on CPU"
+        )
 
 
-def _rank_main(argv: list[str]) -> int:
-    """One rank: ``recfunnel <argv>``; returns the exit code all ranks agreed on.
+def _rank_main(train_args: dict[str, Any]) -> int:
+    """One rank: ``train(**train_args)``; returns the exit code all ranks agreed on.
 
     TorchDistributor returns the value of the file its ranks write (local_mode=True: whichever rank
     wrote last; local_mode=False: task 0's), so every rank returns the same, agreed code.
     """
     sys.stdout.reconfigure(line_buffering=True)  # TorchDistributor reads a pipe: show lines as they come
     _one_host()
+    # imported only now: nothing may read LOCAL_RANK or touch CUDA before _one_host has set them
     import torch.distributed as dist
 
     from recfunnel.train.distributed import init_world
 
     init_world()  # the group that training reuses, and that agrees on the exit code below
-    code, message = _run_cli(argv)
+    code, message = _train(train_args)
     results: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(results, (code, message))
     failed = [(rank, c, m) for rank, (c, m) in enumerate(results) if c]
@@ -130,15 +141,15 @@ def _rank_main(argv: list[str]) -> int:
     return failed[0][1] if failed else 0
 
 
-def _run_cli(argv: list[str]) -> tuple[int, str]:
-    """``recfunnel.cli.run(argv)``'s exit code, or 2 and the message of a user mistake (as
-    ``cli.main`` turns it into one line)."""
-    from recfunnel.cli import _close_progress_bars, run
+def _train(train_args: dict[str, Any]) -> tuple[int, str]:
+    """0, or 2 and the message of a user mistake (which the CLI would print in one line)."""
+    from recfunnel.train.run import train  # after _one_host, as above
 
     try:
-        return run(argv), ""
+        train(**train_args)
+        return 0, ""
     except RecfunnelError as err:
-        _close_progress_bars()
+        close_progress_bars()
         return 2, str(err)
 
 

@@ -8,9 +8,11 @@ from typing import Any
 import numpy as np
 
 from recfunnel.config import RunConfig
-from recfunnel.report import table
+from recfunnel.metrics.ranking import calibration_bins
+from recfunnel.report import metric_header, table
+from recfunnel.train.checkpoint import latest_checkpoint
 
-__all__ = ["log_results", "print_summary", "comparison_rows", "metric_header"]
+__all__ = ["log_results", "print_run_summary", "comparison_rows"]
 
 RANKING_COLUMNS = ("auc", "log_loss", "calibration", "rmse", "mae", "accuracy")  # per head, label_ prefixed if several
 
@@ -32,10 +34,6 @@ def _retrieval_columns(metrics: dict[str, Any]) -> list[str]:
     return ordered
 
 
-def metric_header(column: str) -> str:
-    return column.replace("_at_", "@").replace("accuracy", "acc").replace("_no_exclusion", " no-excl")
-
-
 def comparison_rows(metrics: dict[str, Any], split: str) -> dict[str, dict[str, float]]:
     """{model name: metrics on ``split``} for the trained model and every baseline."""
     rows = {metrics["model"]: metrics.get(split, {})}
@@ -45,7 +43,7 @@ def comparison_rows(metrics: dict[str, Any], split: str) -> dict[str, dict[str, 
     return rows
 
 
-def print_summary(metrics: dict[str, Any], out: Path) -> None:
+def print_run_summary(metrics: dict[str, Any], out: Path) -> None:
     retrieval = metrics["model"] == "two-tower"
     columns = _retrieval_columns(metrics) if retrieval else _ranking_columns(metrics)
     for split in ("val", "test"):
@@ -53,15 +51,25 @@ def print_summary(metrics: dict[str, Any], out: Path) -> None:
         if not rows[metrics["model"]]:
             continue
         print()
-        print(table([[name] + [m.get(c) for c in columns] for name, m in rows.items()],
-                    ["model"] + [metric_header(c) for c in columns], title=f"{split} split"))
+        print(
+            table(
+                [[name] + [m.get(c) for c in columns] for name, m in rows.items()],
+                ["model"] + [metric_header(c) for c in columns],
+                title=f"{split} split",
+            )
+        )
     if "train" not in metrics:  # evaluated afresh: no training record
         return
     t, e = metrics["train"], metrics["early_stopping"]
-    kept = (f"best epoch {e['best_epoch']} by val {e['metric']}" if metrics.get("val")
-            else "no validation split: the last epoch is kept")
-    print(f"\ntrained {e['epochs']} epochs ({t['steps']:,} steps, {t['seconds']:.1f} s, "
-          f"{t['samples_per_s']:,.0f} samples/s); {kept}" + (", stopped early" if e["stopped_early"] else ""))
+    kept = (
+        f"best epoch {e['best_epoch']} by val {e['metric']}"
+        if metrics.get("val")
+        else "no validation split: the last epoch is kept"
+    )
+    print(
+        f"\ntrained {e['epochs']} epochs ({t['steps']:,} steps, {t['seconds']:.1f} s, "
+        f"{t['samples_per_s']:,.0f} samples/s); {kept}" + (", stopped early" if e["stopped_early"] else "")
+    )
     print(f"run folder: {out}   MLflow run: {metrics['mlflow']['run_id']} ({metrics['mlflow']['tracking_uri']})")
 
 
@@ -82,24 +90,31 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def log_results(tracker: Any, metrics: dict[str, Any], history: list[dict[str, Any]], trained: Any, out: Path,
-                objective: Any, config: RunConfig) -> None:
-    from recfunnel.train import plots
+def log_results(
+    tracker: Any,
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]],
+    trained: Any,
+    out: Path,
+    objective: Any,
+    config: RunConfig,
+) -> None:
+    from recfunnel.train import plots  # matplotlib: only when a run ends, not for `recfunnel evaluate`
 
     tracker.log_metrics(_flat_metrics(metrics))
     shown = set(_retrieval_columns(metrics) if config.is_retrieval else _ranking_columns(metrics)) | {"loss"}
-    curves = [{k: v for k, v in point.items() if point.get("split") != "val" or k in shown or k in ("epoch", "split")}
-              for point in history]
+    curves = [
+        {k: v for k, v in point.items() if point.get("split") != "val" or k in shown or k in ("epoch", "split")}
+        for point in history
+    ]
     figures = {"training_curves": plots.training_curves(curves)}
     if config.is_retrieval:
         columns = [c for c in _retrieval_columns(metrics) if c.startswith(("recall_at", "ndcg_at"))]
         figures["comparison"] = plots.metric_comparison(comparison_rows(metrics, "test"), columns)
     elif "test" in metrics and config.model.heads[0].kind == "binary":
-        from recfunnel.metrics.ranking import calibration_bins
-
         logits, labels, weights = objective.predictions["test"]  # the final test pass's, all ranks gathered
         keep = weights > 0
-        column = objective.task.columns[0]
+        column = objective.criterion.columns[0]
         probs = 1 / (1 + np.exp(-logits[keep, 0]))
         figures["calibration"] = plots.calibration_plot(calibration_bins(labels[keep, column], probs))
     plot_dir = out / "plots"
@@ -109,11 +124,9 @@ def log_results(tracker: Any, metrics: dict[str, Any], history: list[dict[str, A
         tracker.log_figure(fig, f"plots/{name}.png")
     tracker.log_artifact(out / "metrics.json")
     if config.tracking.log_checkpoints:  # the best weights and the newest resumable checkpoint
-        from recfunnel.train.checkpoint import latest_checkpoint
-
         tracker.log_artifact(out / "checkpoints" / "best.pt", "checkpoints")
         if (newest := latest_checkpoint(out / "checkpoints")) is not None:
             tracker.log_artifacts(newest, f"checkpoints/{newest.name}")
-    from recfunnel.train.pyfunc import example_request
+    from recfunnel.tracking.pyfunc import example_request  # mlflow.pyfunc: slow to import, needed only here
 
     tracker.log_model(trained.folder, register_as=config.tracking.register_as, input_example=example_request(trained))

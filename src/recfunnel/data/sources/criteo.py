@@ -19,9 +19,9 @@ values seen only in val/test, share index 0), or ``--hash-buckets N``: index 1 +
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -29,14 +29,28 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from recfunnel.data.rows import Rows
-from recfunnel.data.schema import DenseFeature, Label, Manifest, SparseFeature, SplitInfo
-from recfunnel.data.shards import atomic_output_dir, check_output
-from recfunnel.data.sources.ctr_common import (TRAIN, KeyCounter, SplitWriters, TrackedFile, check_fractions,
-                                               distinct_keys, key_strings, position_uniform, prefetch,
-                                               progress, random_codes, share, split_names, string_keys)
-from recfunnel.data.vocab import Vocab, hash_encode
+from recfunnel.data.format.manifest import DenseFeature, Label, Manifest, SparseFeature, SplitInfo
+from recfunnel.data.format.rows import Rows
+from recfunnel.data.format.shards import check_output
+from recfunnel.data.format.vocab import Vocab, hash_encode
+from recfunnel.data.sources.ctr_common import (
+    TRAIN,
+    KeyCounter,
+    SplitWriters,
+    TrackedFile,
+    check_fractions,
+    distinct_keys,
+    key_strings,
+    position_uniform,
+    prefetch,
+    progress,
+    random_codes,
+    share,
+    split_names,
+    string_keys,
+)
 from recfunnel.errors import ConfigError, DataError
+from recfunnel.files import atomic_output_dir
 
 __all__ = ["HELP", "add_arguments", "run", "prepare_criteo"]
 
@@ -51,26 +65,49 @@ DEFAULT_MIN_COUNT = 10
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", nargs="+", required=True, help="Criteo TSV files, in time order")
-    parser.add_argument("--min-count", type=int, default=DEFAULT_MIN_COUNT,
-                        help="values seen fewer times in the training rows share index 0 (default "
-                             f"{DEFAULT_MIN_COUNT}: the threshold of the published Criteo benchmarks; on Kaggle it "
-                             "keeps ~1M of ~34M distinct values, each seen often enough to learn)")
-    parser.add_argument("--hash-buckets", type=int, default=None,
-                        help="hash categorical values into N buckets instead of vocabularies (no vocab files; "
-                             "--min-count does not apply); for id spaces too big to count, e.g. Terabyte")
-    parser.add_argument("--split", choices=["ordered", "random"], default="ordered",
-                        help="ordered: the last rows in file order (time order) are val/test; random: a seeded "
-                             "draw per row position (default ordered)")
+    parser.add_argument(
+        "--min-count",
+        type=int,
+        default=DEFAULT_MIN_COUNT,
+        help="values seen fewer times in the training rows share index 0 (default "
+        f"{DEFAULT_MIN_COUNT}: the threshold of the published Criteo benchmarks; on Kaggle it "
+        "keeps ~1M of ~34M distinct values, each seen often enough to learn)",
+    )
+    parser.add_argument(
+        "--hash-buckets",
+        type=int,
+        default=None,
+        help="hash categorical values into N buckets instead of vocabularies (no vocab files; "
+        "--min-count does not apply); for id spaces too big to count, e.g. Terabyte",
+    )
+    parser.add_argument(
+        "--split",
+        choices=["ordered", "random"],
+        default="ordered",
+        help="ordered: the last rows in file order (time order) are val/test; random: a seeded "
+        "draw per row position (default ordered)",
+    )
     parser.add_argument("--val-fraction", type=float, default=0.1, help="share of rows in val, 0 = none (default 0.1)")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of rows in test (default 0.1)")
     parser.add_argument("--max-rows", type=int, default=None, help="use only the first N rows of the files")
 
 
 def run(args: argparse.Namespace) -> Manifest:
-    return prepare_criteo(args.input, args.out, min_count=args.min_count, hash_buckets=args.hash_buckets,
-                          split=args.split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                          max_rows=args.max_rows, seed=args.seed, block_rows=args.block_rows,
-                          compression=args.compression, overwrite=args.overwrite, quiet=args.quiet)
+    return prepare_criteo(
+        args.input,
+        args.out,
+        min_count=args.min_count,
+        hash_buckets=args.hash_buckets,
+        split=args.split,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        max_rows=args.max_rows,
+        seed=args.seed,
+        block_rows=args.block_rows,
+        compression=args.compression,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+    )
 
 
 @dataclass
@@ -85,15 +122,31 @@ class _File:
 
     def record(self) -> dict:
         whole = self.bytes == self.path.stat().st_size
-        return {"name": self.path.name, "sha256": self.sha256, "bytes": self.bytes, "rows": self.rows,
-                **({} if whole else {"partial": True})}
+        return {
+            "name": self.path.name,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "rows": self.rows,
+            **({} if whole else {"partial": True}),
+        }
 
 
-def prepare_criteo(inputs: list[str | Path], out: str | Path, *, min_count: int = DEFAULT_MIN_COUNT,
-                   hash_buckets: int | None = None, split: str = "ordered", val_fraction: float = 0.1,
-                   test_fraction: float = 0.1, max_rows: int | None = None, seed: int = 42,
-                   block_rows: int = 4096, compression: str | None = None, overwrite: bool = False,
-                   quiet: bool = False) -> Manifest:
+def prepare_criteo(
+    inputs: list[str | Path],
+    out: str | Path,
+    *,
+    min_count: int = DEFAULT_MIN_COUNT,
+    hash_buckets: int | None = None,
+    split: str = "ordered",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    max_rows: int | None = None,
+    seed: int = 42,
+    block_rows: int = 4096,
+    compression: str | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> Manifest:
     """Write Criteo TSV files as a dataset of kind ``ctr`` in ``out``; returns its manifest."""
     files = _check(inputs, split, val_fraction, test_fraction, min_count, hash_buckets, max_rows)
     check_output(out, overwrite, block_rows)
@@ -108,8 +161,9 @@ def prepare_criteo(inputs: list[str | Path], out: str | Path, *, min_count: int 
             _subtract_tail(scans, plan.cuts[0], counters, texts, quiet)
         vocabs = [_vocab(name, c, t, min_count) for name, c, t in zip(CATS, counters, texts)]
     with atomic_output_dir(out, overwrite) as tmp:
-        writers = SplitWriters(tmp, split_names(val_fraction), block_rows=block_rows, seed=seed,
-                               compression=compression)
+        writers = SplitWriters(
+            tmp, split_names(val_fraction), block_rows=block_rows, seed=seed, compression=compression
+        )
         _pass_two(scans, plan, _Encoder(vocabs, hash_buckets), writers, quiet)
         splits = writers.finish(plan.rows)
         for vocab in vocabs or []:
@@ -119,8 +173,15 @@ def prepare_criteo(inputs: list[str | Path], out: str | Path, *, min_count: int 
     return manifest
 
 
-def _check(inputs: list[str | Path], split: str, val: float, test: float, min_count: int,
-           hash_buckets: int | None, max_rows: int | None) -> list[Path]:
+def _check(
+    inputs: list[str | Path],
+    split: str,
+    val: float,
+    test: float,
+    min_count: int,
+    hash_buckets: int | None,
+    max_rows: int | None,
+) -> list[Path]:
     """Options and input files, before any slow work."""
     if split not in ("ordered", "random"):
         raise ConfigError(f"--split: {split!r}, expected ordered or random")
@@ -174,8 +235,9 @@ class _Plan:
         return {**out, "rows": {name: info.rows for name, info in splits.items()}}
 
 
-def _read(path: Path, source: TrackedFile, types: dict[str, pa.DataType] | None = None
-          ) -> Iterator[tuple[int, pa.RecordBatch]]:
+def _read(
+    path: Path, source: TrackedFile, types: dict[str, pa.DataType] | None = None
+) -> Iterator[tuple[int, pa.RecordBatch]]:
     """Checked batches of a Criteo file as ``(line number of the first row, batch)``. Lines are
     numbered from 1 at the file's start, also when ``source`` starts at a later checkpoint."""
     first = source.lines + 1
@@ -188,10 +250,13 @@ def _read(path: Path, source: TrackedFile, types: dict[str, pa.DataType] | None 
 
     try:
         reader = pcsv.open_csv(  # serial reading: the parser then numbers bad rows
-            source, read_options=pcsv.ReadOptions(column_names=COLUMNS, block_size=READ_BLOCK, use_threads=False),
-            parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False, ignore_empty_lines=False,
-                                            invalid_row_handler=on_invalid),
-            convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=True))
+            source,
+            read_options=pcsv.ReadOptions(column_names=COLUMNS, block_size=READ_BLOCK, use_threads=False),
+            parse_options=pcsv.ParseOptions(
+                delimiter="\t", quote_char=False, ignore_empty_lines=False, invalid_row_handler=on_invalid
+            ),
+            convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=True),
+        )
         line = first
         for batch in reader:
             if invalid:
@@ -237,15 +302,26 @@ def _locate(path: Path, err: pa.ArrowInvalid) -> DataError:
                 bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
                 if len(bad):
                     value = col[int(bad[0])].as_py()
-                    hint = " (NaN and infinity are not counts)" if value.strip().lower().lstrip("+-") in (
-                        "nan", "inf", "infinity") else ""
-                    return DataError(f"{path} line {line + int(bad[0])}: column {name} is {_show(value)}, "
-                                     f"expected an integer or empty{hint}")
+                    hint = (
+                        " (NaN and infinity are not counts)"
+                        if value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")
+                        else ""
+                    )
+                    return DataError(
+                        f"{path} line {line + int(bad[0])}: column {name} is {_show(value)}, "
+                        f"expected an integer or empty{hint}"
+                    )
     return DataError(f"{path}: not Criteo TSV ({str(err).splitlines()[0]})")
 
 
-def _pass_one(files: list[Path], max_rows: int | None, plan: _Plan, counters: list[KeyCounter] | None,
-              texts: list[dict[int, str]], quiet: bool) -> list[_File]:
+def _pass_one(
+    files: list[Path],
+    max_rows: int | None,
+    plan: _Plan,
+    counters: list[KeyCounter] | None,
+    texts: list[dict[int, str]],
+    quiet: bool,
+) -> list[_File]:
     """Check, hash and count rows of every file; count categorical keys of training rows."""
     scans: list[_File] = []
     total = 0
@@ -262,13 +338,19 @@ def _pass_one(files: list[Path], max_rows: int | None, plan: _Plan, counters: li
                         train = None if plan.kind == "ordered" else plan.random_codes(total + line - 1, len(batch))
                         _count(batch, counters, texts, None if train is None else train == TRAIN)
                     rows += len(batch)
+                assert source.sha256 is not None  # hash_content=True
                 scans.append(_File(path, rows, source.bytes_read, source.sha256.hexdigest(), source.checkpoints))
             total += rows
     return scans
 
 
-def _count(batch: pa.RecordBatch, counters: list[KeyCounter], texts: list[dict[int, str]],
-           rows: np.ndarray | None, sign: int = 1) -> None:
+def _count(
+    batch: pa.RecordBatch,
+    counters: list[KeyCounter],
+    texts: list[dict[int, str]],
+    rows: np.ndarray | None,
+    sign: int = 1,
+) -> None:
     """Add (or subtract) the categorical keys of ``batch``'s rows (a bool mask, or None for all)."""
     for j, counter in enumerate(counters):
         col = batch.column(1 + len(DENSE) + j)
@@ -283,8 +365,9 @@ def _count(batch: pa.RecordBatch, counters: list[KeyCounter], texts: list[dict[i
             texts[j].update((k, t) for k, t in zip(keys[hashed].tolist(), text) if k not in texts[j])
 
 
-def _subtract_tail(scans: list[_File], train_rows: int, counters: list[KeyCounter], texts: list[dict[int, str]],
-                   quiet: bool) -> None:
+def _subtract_tail(
+    scans: list[_File], train_rows: int, counters: list[KeyCounter], texts: list[dict[int, str]], quiet: bool
+) -> None:
     """Ordered split: subtract the counts of rows from ``train_rows`` on (val + test), re-reading them."""
     before = 0
     tail_bytes = sum(f.bytes for f in scans)  # an upper bound, for the progress bar
@@ -313,7 +396,7 @@ class _Encoder:
     """A checked batch -> :class:`Rows` (dense (n, 13), sparse (n, 26), labels (n, 1))."""
 
     def __init__(self, vocabs: list[Vocab] | None, hash_buckets: int | None):
-        self.hash_buckets = hash_buckets
+        self.hash_buckets = hash_buckets or 0  # used only when vocabs is None, then set
         # Keys of each vocabulary in index order, in a hash index built once (not once per batch).
         self.index = [pd.Index(string_keys(pa.array(v.values.tolist(), pa.string()))[0]) for v in vocabs or []]
 
@@ -361,24 +444,43 @@ def _pass_two(scans: list[_File], plan: _Plan, encode: _Encoder, writers: SplitW
                                 writers.write(name, encoded.slice(int(bounds[code]), int(bounds[code + 1])))
                     rows += len(batch)
             if rows != scan.rows:
-                raise DataError(f"{scan.path}: {rows} rows on the second pass, {scan.rows} on the first; "
-                                "did the file change while it was read?")
+                raise DataError(
+                    f"{scan.path}: {rows} rows on the second pass, {scan.rows} on the first; "
+                    "did the file change while it was read?"
+                )
             start += rows
 
 
-def _manifest(scans: list[_File], plan: _Plan, splits: dict[str, SplitInfo], vocabs: list[Vocab] | None,
-              hash_buckets: int | None, min_count: int, max_rows: int | None, block_rows: int) -> Manifest:
+def _manifest(
+    scans: list[_File],
+    plan: _Plan,
+    splits: dict[str, SplitInfo],
+    vocabs: list[Vocab] | None,
+    hash_buckets: int | None,
+    min_count: int,
+    max_rows: int | None,
+    block_rows: int,
+) -> Manifest:
     if vocabs is not None:
         sparse = [SparseFeature(v.name, v.cardinality, encoding="vocab") for v in vocabs]
         encoding = {"min_count": min_count, "kept": {v.name: len(v.values) for v in vocabs}}
     else:
+        assert hash_buckets is not None  # no vocabularies: hashed
         sparse = [SparseFeature(c, hash_buckets, encoding="hash") for c in CATS]
         encoding = {"hash_buckets": hash_buckets}
     return Manifest(
-        kind="ctr", dense=[DenseFeature(c, "log1p") for c in DENSE], sparse=sparse,
-        labels=[Label("label", "binary", "click")], splits=splits, split=plan.record(splits),
+        kind="ctr",
+        dense=[DenseFeature(c, "log1p") for c in DENSE],
+        sparse=sparse,
+        labels=[Label("label", "binary", "click")],
+        splits=splits,
+        split=plan.record(splits),
         block_rows=block_rows,
-        source={"kind": "criteo", "files": [s.record() for s in scans], "rows": plan.rows,
-                **({"max_rows": max_rows} if max_rows else {})},
+        source={
+            "kind": "criteo",
+            "files": [s.record() for s in scans],
+            "rows": plan.rows,
+            **({"max_rows": max_rows} if max_rows else {}),
+        },
         extra={"categorical": encoding},
     )

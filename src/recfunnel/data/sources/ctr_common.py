@@ -13,8 +13,9 @@ import io
 import queue
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -22,16 +23,34 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from recfunnel.data.rows import Rows
-from recfunnel.data.schema import SplitInfo
-from recfunnel.data.shards import SplitWriter
+from recfunnel.data.format.manifest import SplitInfo
+from recfunnel.data.format.rows import Rows
+from recfunnel.data.format.shards import SplitWriter
 from recfunnel.errors import ConfigError, DataError
 from recfunnel.metrics.ranking import auc
 from recfunnel.metrics.ranking import log_loss as logloss
 
-__all__ = ["TRAIN", "VAL", "TEST", "SPLIT_NAMES", "check_fractions", "split_names", "share", "position_uniform",
-           "random_codes", "SplitWriters", "auc", "logloss", "progress", "TrackedFile", "prefetch",
-           "distinct_keys", "string_keys", "key_strings", "KeyCounter"]
+__all__ = [
+    "TRAIN",
+    "VAL",
+    "TEST",
+    "SPLIT_NAMES",
+    "check_fractions",
+    "split_names",
+    "share",
+    "position_uniform",
+    "random_codes",
+    "SplitWriters",
+    "auc",
+    "logloss",
+    "progress",
+    "TrackedFile",
+    "prefetch",
+    "distinct_keys",
+    "string_keys",
+    "key_strings",
+    "KeyCounter",
+]
 
 T = TypeVar("T")
 TRAIN, VAL, TEST = 0, 1, 2
@@ -83,13 +102,25 @@ def random_codes(u: np.ndarray, val_fraction: float, test_fraction: float) -> np
 class SplitWriters:
     """One :class:`SplitWriter` per split under ``folder``; only ``shuffled`` splits get a shuffle buffer."""
 
-    def __init__(self, folder: Path, names: list[str], *, block_rows: int, seed: int, compression: str | None,
-                 shuffled: tuple[str, ...] = ("train",)):
+    def __init__(
+        self,
+        folder: Path,
+        names: list[str],
+        *,
+        block_rows: int,
+        seed: int,
+        compression: str | None,
+        shuffled: tuple[str, ...] = ("train",),
+    ):
         if block_rows < 1:
             raise ConfigError(f"--block-rows: {block_rows}, expected >= 1")
         self.names = names
-        self.writers = {name: SplitWriter(folder / name, block_rows, compression=compression,
-                                          shuffle_seed=seed if name in shuffled else None) for name in names}
+        self.writers = {
+            name: SplitWriter(
+                folder / name, block_rows, compression=compression, shuffle_seed=seed if name in shuffled else None
+            )
+            for name in names
+        }
 
     def write(self, name: str, rows: Rows) -> None:
         self.writers[name].write(rows)
@@ -115,8 +146,9 @@ def progress(total: int, desc: str, quiet: bool, unit: str = "B") -> tqdm:
     """A progress bar on stderr (bytes by default): only on a terminal (never in logs or captured
     output), never under ``--quiet``; it erases itself when done."""
     scale: dict[str, Any] = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {"unit_scale": True}
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=True if quiet else None, leave=False,
-                **scale)
+    return tqdm(
+        total=total, desc=desc, unit=unit, file=sys.stderr, disable=True if quiet else None, leave=False, **scale
+    )
 
 
 class TrackedFile(io.RawIOBase):
@@ -127,8 +159,16 @@ class TrackedFile(io.RawIOBase):
     so a later pass can seek close to any line. Hashing is optional (a second pass needs no hash).
     """
 
-    def __init__(self, path: Path, *, start: int = 0, lines_before: int = 0, line_limit: int | None = None,
-                 hash_content: bool = False, bar: tqdm | None = None):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        start: int = 0,
+        lines_before: int = 0,
+        line_limit: int | None = None,
+        hash_content: bool = False,
+        bar: tqdm | None = None,
+    ):
         super().__init__()
         self._file: BinaryIO = open(path, "rb")
         self._file.seek(start)
@@ -171,6 +211,7 @@ class TrackedFile(io.RawIOBase):
 
     def _cut(self, chunk: bytes) -> bytes:
         """Keep ``chunk`` up to and including the newline that ends line ``line_limit``."""
+        assert self.line_limit is not None  # called only with a limit
         left = self.line_limit - self.lines
         if left <= 0:
             return b""
@@ -270,7 +311,7 @@ def string_keys(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         lengths = np.where(arr.is_valid().to_numpy(zero_copy_only=False), lengths, 0)
     present = lengths > 0
     keys = np.zeros(n, np.uint64)
-    body = data[offsets[0]:offsets[-1]]
+    body = data[offsets[0] : offsets[-1]]
     if lengths[present].sum() != len(body):  # nulls with bytes behind them: gather the present values
         parts = [data[a:b] for a, b in zip(offsets[:-1][present], offsets[1:][present])]
         body = np.concatenate(parts) if parts else body[:0]

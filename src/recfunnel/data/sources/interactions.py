@@ -21,18 +21,19 @@ Example::
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from recfunnel.data.columns import Table, closest_name, file_record, read_table, require_columns, to_timestamps
-from recfunnel.data.labels import LabelSpec, add_label_arguments, label_kwargs
-from recfunnel.data.schema import Manifest
-from recfunnel.data.splits import SplitSpec, add_split_arguments, split_kwargs
-from recfunnel.data.shards import check_output
-from recfunnel.data.tabular import RESERVED, Feature, InteractionData, prepare_interaction_dataset
+from recfunnel.data.format.manifest import Manifest
+from recfunnel.data.format.shards import check_output
+from recfunnel.data.prepare.columns import Table, closest_name, file_record, read_table, require_columns, to_timestamps
+from recfunnel.data.prepare.dataset import prepare_interaction_dataset
+from recfunnel.data.prepare.labels import LabelSpec, add_label_arguments, label_kwargs
+from recfunnel.data.prepare.splits import SplitSpec, add_split_arguments, split_kwargs
+from recfunnel.data.prepare.tables import RESERVED, Feature, InteractionData
 from recfunnel.errors import ConfigError, DataError
 
 __all__ = ["HELP", "add_arguments", "run", "prepare_interactions"]
@@ -46,62 +47,134 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", metavar="FILE", help="optional table of user features, keyed by user_id")
     parser.add_argument("--items", metavar="FILE", help="optional table of item features (and title), keyed by item_id")
     g = parser.add_argument_group("columns")
-    g.add_argument("--rename", type=_pairs, default={}, metavar="OLD=NEW,...",
-                   help="rename columns of every file, e.g. userId=user_id,movieId=item_id")
-    g.add_argument("--user-features", type=_names, default=[], metavar="COLS",
-                   help="columns of --input that describe the user (each user's latest value is kept)")
-    g.add_argument("--item-features", type=_names, default=[], metavar="COLS",
-                   help="columns of --input that describe the item (each item's latest value is kept)")
+    g.add_argument(
+        "--rename",
+        type=_pairs,
+        default={},
+        metavar="OLD=NEW,...",
+        help="rename columns of every file, e.g. userId=user_id,movieId=item_id",
+    )
+    g.add_argument(
+        "--user-features",
+        type=_names,
+        default=[],
+        metavar="COLS",
+        help="columns of --input that describe the user (each user's latest value is kept)",
+    )
+    g.add_argument(
+        "--item-features",
+        type=_names,
+        default=[],
+        metavar="COLS",
+        help="columns of --input that describe the item (each item's latest value is kept)",
+    )
     g.add_argument("--dense", type=_names, default=[], metavar="COLS", help="numeric features (standardised)")
     g.add_argument("--categorical", type=_names, default=[], metavar="COLS", help="categorical features (vocabulary)")
     g.add_argument("--multi-hot", type=_names, default=[], metavar="COLS", help="list features (vocabulary per value)")
     g.add_argument("--list-sep", default="|", help="separator of values in multi-hot text cells (default |)")
     g.add_argument("--ignore", type=_names, default=[], metavar="COLS", help="columns to leave out")
-    g.add_argument("--rating-range", type=_range, default=None, metavar="MIN,MAX",
-                   help="reject ratings outside [MIN, MAX], e.g. 1,5")
+    g.add_argument(
+        "--rating-range",
+        type=_range,
+        default=None,
+        metavar="MIN,MAX",
+        help="reject ratings outside [MIN, MAX], e.g. 1,5",
+    )
     add_label_arguments(parser)
     add_split_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> Manifest:
     return prepare_interactions(
-        args.input, args.out, users=args.users, items=args.items, rename=args.rename,
-        user_features=args.user_features, item_features=args.item_features, dense=args.dense,
-        categorical=args.categorical, multi_hot=args.multi_hot, list_sep=args.list_sep, ignore=args.ignore,
-        rating_range=args.rating_range, **label_kwargs(args), **split_kwargs(args), block_rows=args.block_rows, compression=args.compression, overwrite=args.overwrite, quiet=args.quiet)
+        args.input,
+        args.out,
+        users=args.users,
+        items=args.items,
+        rename=args.rename,
+        user_features=args.user_features,
+        item_features=args.item_features,
+        dense=args.dense,
+        categorical=args.categorical,
+        multi_hot=args.multi_hot,
+        list_sep=args.list_sep,
+        ignore=args.ignore,
+        rating_range=args.rating_range,
+        **label_kwargs(args),
+        **split_kwargs(args),
+        block_rows=args.block_rows,
+        compression=args.compression,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+    )
 
 
-def prepare_interactions(input: str | Path, out: str | Path, *, users: str | Path | None = None,
-                         items: str | Path | None = None, rename: dict[str, str] | None = None,
-                         user_features: Sequence[str] = (), item_features: Sequence[str] = (),
-                         dense: Sequence[str] = (), categorical: Sequence[str] = (), multi_hot: Sequence[str] = (),
-                         list_sep: str = "|", ignore: Sequence[str] = (),
-                         rating_range: tuple[float, float] | None = None, label: str = "auto",
-                         threshold: float = 4.0, user_mean_on: str = "train", split: str = "random",
-                         val_fraction: float = 0.1, test_fraction: float = 0.1, leave_last: int = 1, seed: int = 42,
-                         block_rows: int = 4096, compression: str | None = None, overwrite: bool = False,
-                         quiet: bool = False) -> Manifest:
+def prepare_interactions(
+    input: str | Path,
+    out: str | Path,
+    *,
+    users: str | Path | None = None,
+    items: str | Path | None = None,
+    rename: dict[str, str] | None = None,
+    user_features: Sequence[str] = (),
+    item_features: Sequence[str] = (),
+    dense: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+    multi_hot: Sequence[str] = (),
+    list_sep: str = "|",
+    ignore: Sequence[str] = (),
+    rating_range: tuple[float, float] | None = None,
+    label: str = "auto",
+    threshold: float = 4.0,
+    user_mean_on: str = "train",
+    split: str = "random",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    leave_last: int = 1,
+    seed: int = 42,
+    block_rows: int = 4096,
+    compression: str | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> Manifest:
     """Prepare the interactions file ``input`` into the dataset folder ``out``; return its manifest.
 
     Options mirror the CLI flags (lists instead of comma-separated names, a dict for ``rename``).
     """
     labels = LabelSpec(rule=label, threshold=threshold, user_mean_on=user_mean_on)
-    spec = SplitSpec(kind=split, val_fraction=val_fraction, test_fraction=test_fraction, leave_last=leave_last,
-                     seed=seed)
+    spec = SplitSpec(
+        kind=split, val_fraction=val_fraction, test_fraction=test_fraction, leave_last=leave_last, seed=seed
+    )
     check_output(out, overwrite, block_rows)
     if rating_range is not None and not rating_range[0] <= rating_range[1]:
         raise ConfigError(f"--rating-range: {rating_range[0]:g},{rating_range[1]:g} has MIN above MAX")
     kinds = _kind_options(dense, categorical, multi_hot)
-    data = _read(Path(input), users, items, rename or {}, list(user_features), list(item_features), kinds,
-                 list_sep, list(ignore))
+    data = _read(
+        Path(input), users, items, rename or {}, list(user_features), list(item_features), kinds, list_sep, list(ignore)
+    )
     data.rating_range = rating_range
-    return prepare_interaction_dataset(data, out, labels=labels, split=spec, block_rows=block_rows,
-                                       compression=compression, overwrite=overwrite, quiet=quiet)
+    return prepare_interaction_dataset(
+        data,
+        out,
+        labels=labels,
+        split=spec,
+        block_rows=block_rows,
+        compression=compression,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
 
 
-def _read(path: Path, users_path: str | Path | None, items_path: str | Path | None, rename: dict[str, str],
-          user_cols: list[str], item_cols: list[str], kinds: dict[str, str], sep: str,
-          ignore: list[str]) -> InteractionData:
+def _read(
+    path: Path,
+    users_path: str | Path | None,
+    items_path: str | Path | None,
+    rename: dict[str, str],
+    user_cols: list[str],
+    item_cols: list[str],
+    kinds: dict[str, str],
+    sep: str,
+    ignore: list[str],
+) -> InteractionData:
     inter = _load(path, rename)
     hint = "(pass --rename {near}={col})"
     require_columns(inter, ["user_id", "item_id"], EXPECTED, hint)
@@ -116,15 +189,20 @@ def _read(path: Path, users_path: str | Path | None, items_path: str | Path | No
     free = [c for c in inter.frame.columns if c not in RESERVED and c not in ignore]
     context = [c for c in free if c not in user_cols + item_cols]
     tables = {"user": users, "item": items, "context": inter}
-    columns = {"user": _feature_columns(users, "user_id", ignore), "item": _feature_columns(items, "item_id", ignore),
-               "context": context}
+    columns = {
+        "user": _feature_columns(users, "user_id", ignore),
+        "item": _feature_columns(items, "item_id", ignore),
+        "context": context,
+    }
     _check_kind_names(kinds, [c for cols in columns.values() for c in cols])
     features = []
     for owner, cols in columns.items():
-        for col in cols:
-            kind = kinds.get(col) or _infer_kind(tables[owner].frame[col])
+        table = tables[owner]
+        for col in cols:  # only a table that exists has feature columns
+            assert table is not None
+            kind = kinds.get(col) or _infer_kind(table.frame[col])
             if kind == "multi_hot":
-                tables[owner].frame[col] = _as_lists(tables[owner].frame[col], sep)
+                table.frame[col] = _as_lists(table.frame[col], sep)
             features.append(Feature(col, kind, owner))
     _unique_names(features)
     files = [path] + [Path(p) for p in (users_path, items_path) if p]
@@ -207,16 +285,20 @@ def _check_kind_names(kinds: dict[str, str], features: list[str]) -> None:
         if name not in features:
             near = closest_name(name, features)
             guess = f"; did you mean {near!r}?" if near else ""
-            raise DataError(f"--{kind.replace('_', '-')}: no feature column {name!r} "
-                            f"(feature columns: {', '.join(features) or 'none'}){guess}")
+            raise DataError(
+                f"--{kind.replace('_', '-')}: no feature column {name!r} "
+                f"(feature columns: {', '.join(features) or 'none'}){guess}"
+            )
 
 
 def _unique_names(features: list[Feature]) -> None:
     seen: dict[str, str] = {}
     for f in features:
         if f.name in seen:
-            raise DataError(f"feature {f.name!r} is both a {seen[f.name]} and a {f.owner} column; rename one "
-                            "(--rename applies to every file) or --ignore it")
+            raise DataError(
+                f"feature {f.name!r} is both a {seen[f.name]} and a {f.owner} column; rename one "
+                "(--rename applies to every file) or --ignore it"
+            )
         seen[f.name] = f.owner
 
 

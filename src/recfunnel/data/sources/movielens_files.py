@@ -23,26 +23,48 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recfunnel.data.columns import Table, file_record, read_csv_table, require_columns, to_numbers
-from recfunnel.data.tabular import Feature, InteractionData
+from recfunnel.data.prepare.columns import Table, file_record, read_csv_table, require_columns, to_numbers
+from recfunnel.data.prepare.tables import Feature, InteractionData
 from recfunnel.errors import DataError
 
 __all__ = ["VARIANT_FILES", "read_variant", "find_files"]
 
 # Files of each variant (alternatives: the first complete set found is read). sets' movies.csv is optional.
-VARIANT_FILES = {
+VARIANT_FILES: dict[str, list[tuple[str, ...]]] = {
     "ml-100k": [("u.data", "u.user", "u.item"), ("ml-100k.inter", "ml-100k.user", "ml-100k.item")],
     "ml-1m": [("ratings.dat", "users.dat", "movies.dat")],
     "ml-latest": [("ratings.csv", "movies.csv")],
     "ml-latest-small": [("ratings.csv", "movies.csv")],
     "sets": [("item_ratings.csv",)],
 }
-ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-                 "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
-                 "War", "Western")
+ML100K_GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 AGE_EDGES, AGE_CODES = [18, 25, 35, 45, 50, 56], np.array([1, 18, 25, 35, 45, 50, 56])  # ml-1m's buckets
-USER_FEATURES = [Feature("gender", "categorical", "user"), Feature("occupation", "categorical", "user"),
-                 Feature("zip_prefix", "categorical", "user"), Feature("age_bucket", "categorical", "user")]
+USER_FEATURES = [
+    Feature("gender", "categorical", "user"),
+    Feature("occupation", "categorical", "user"),
+    Feature("zip_prefix", "categorical", "user"),
+    Feature("age_bucket", "categorical", "user"),
+]
 ITEM_FEATURES = [Feature("genres", "multi_hot", "item"), Feature("year", "dense", "item", missing_ok=True)]
 
 
@@ -79,10 +101,12 @@ def _ml100k_atomic(inter: Path, user: Path, item: Path) -> InteractionData:
     """RecBole's atomic files: header fields are ``name:type``."""
     t_inter, t_user, t_item = (_atomic(p) for p in (inter, user, item))
     require_columns(t_inter, ["user_id", "item_id", "rating", "timestamp"], "user_id, item_id, rating, timestamp")
-    require_columns(t_user, ["user_id", "age", "gender", "occupation", "zip_code"],
-                    "user_id, age, gender, occupation, zip_code")
-    require_columns(t_item, ["item_id", "movie_title", "release_year", "class"],
-                    "item_id, movie_title, release_year, class")
+    require_columns(
+        t_user, ["user_id", "age", "gender", "occupation", "zip_code"], "user_id, age, gender, occupation, zip_code"
+    )
+    require_columns(
+        t_item, ["item_id", "movie_title", "release_year", "class"], "item_id, movie_title, release_year, class"
+    )
     t_item.rename({"movie_title": "title"})
     items = t_item.frame
     items["genres"] = items["class"].astype(str).str.split()
@@ -97,10 +121,18 @@ def _atomic(path: Path) -> Table:
 
 
 def _ml100k_original(data: Path, user: Path, item: Path) -> InteractionData:
-    t_inter = read_csv_table(data, sep="\t", header=False, names=["user_id", "item_id", "rating", "timestamp"],
-                             quoting=csv.QUOTE_NONE)
-    t_user = read_csv_table(user, sep="|", header=False, names=["user_id", "age", "gender", "occupation", "zip_code"],
-                            quoting=csv.QUOTE_NONE, encoding="latin-1", dtype={"zip_code": str})
+    t_inter = read_csv_table(
+        data, sep="\t", header=False, names=["user_id", "item_id", "rating", "timestamp"], quoting=csv.QUOTE_NONE
+    )
+    t_user = read_csv_table(
+        user,
+        sep="|",
+        header=False,
+        names=["user_id", "age", "gender", "occupation", "zip_code"],
+        quoting=csv.QUOTE_NONE,
+        encoding="latin-1",
+        dtype={"zip_code": str},
+    )
     names = ["item_id", "title", "release_date", "video_date", "url", *ML100K_GENRES]
     t_item = read_csv_table(item, sep="|", header=False, names=names, quoting=csv.QUOTE_NONE, encoding="latin-1")
     items = t_item.frame
@@ -140,8 +172,7 @@ def _dat(path: Path, names: list[str], **dtypes: type) -> Table:
     frame = table.frame
     gaps = frame.columns[1::2]
     if len(frame.columns) != fields or frame[gaps].notna().to_numpy().any():
-        raise DataError(f"{path.name}: expected {len(names)} '::'-separated fields per line "
-                        f"({'::'.join(names)})")
+        raise DataError(f"{path.name}: expected {len(names)} '::'-separated fields per line ({'::'.join(names)})")
     frame = frame[frame.columns[0::2]]
     frame.columns = names
     return Table(path.name, frame)

@@ -29,16 +29,27 @@ from typing import Any
 
 import numpy as np
 
-from recfunnel.data.rows import Rows
-from recfunnel.data.schema import DenseFeature, Label, Manifest, SparseFeature
-from recfunnel.data.shards import atomic_output_dir, check_output
-from recfunnel.data.sources.ctr_common import (SPLIT_NAMES, TEST, VAL, SplitWriters, auc, check_fractions,
-                                               logloss, position_uniform, progress, random_codes,
-                                               split_names)
+from recfunnel.data.format.manifest import DenseFeature, Label, Manifest, SparseFeature
+from recfunnel.data.format.rows import Rows
+from recfunnel.data.format.shards import check_output
+from recfunnel.data.sources.ctr_common import (
+    SPLIT_NAMES,
+    TEST,
+    VAL,
+    SplitWriters,
+    auc,
+    check_fractions,
+    logloss,
+    position_uniform,
+    progress,
+    random_codes,
+    split_names,
+)
+from recfunnel.data.sources.synthetic_interactions import prepare_synthetic_interactions
 from recfunnel.errors import ConfigError, DataError
+from recfunnel.files import atomic_output_dir
 
-__all__ = ["HELP", "add_arguments", "run", "prepare_synthetic", "GeneratorConfig", "GroundTruth",
-           "parse_cardinality"]
+__all__ = ["HELP", "add_arguments", "run", "prepare_synthetic", "GeneratorConfig", "GroundTruth", "parse_cardinality"]
 
 HELP = "Criteo-shaped data from a known model, with its Bayes-optimal AUC in the manifest"
 CHUNK_ROWS = 1 << 18  # rows generated at once: bounds memory, and fixes the random streams per chunk
@@ -75,12 +86,16 @@ class GeneratorConfig:
         if not 0.0 < self.positive_rate < 1.0:
             raise ConfigError(f"--positive-rate: {self.positive_rate}, expected in (0, 1)")
         if 2 * self.interactions > self.sparse:
-            raise ConfigError(f"--interactions {self.interactions} needs {2 * self.interactions} single-hot "
-                              f"features, --sparse is {self.sparse}")
+            raise ConfigError(
+                f"--interactions {self.interactions} needs {2 * self.interactions} single-hot "
+                f"features, --sparse is {self.sparse}"
+            )
         n = self.sparse + self.multi_hot
         if self.cardinality and len(self.cardinality) not in (1, n):
-            raise ConfigError(f"--cardinality: {len(self.cardinality)} values, expected 1 or {n} "
-                              f"(--sparse {self.sparse} + --multi-hot {self.multi_hot})")
+            raise ConfigError(
+                f"--cardinality: {len(self.cardinality)} values, expected 1 or {n} "
+                f"(--sparse {self.sparse} + --multi-hot {self.multi_hot})"
+            )
         if any(c < 2 for c in self.cardinality):
             raise ConfigError(f"--cardinality: {list(self.cardinality)}, every value must be >= 2 (index 0 is OOV)")
 
@@ -125,14 +140,16 @@ class GroundTruth:
         self.bias = self._solve_bias()
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest) -> "GroundTruth":
+    def from_manifest(cls, manifest: Manifest) -> GroundTruth:
         """The ground truth of a dataset written by ``prepare_synthetic``."""
         record = manifest.extra["generator"]
         cfg = dict(record["config"], cardinality=tuple(record["config"]["cardinality"]))
         truth = cls(GeneratorConfig(**cfg))
         if not np.isclose(truth.bias, record["bias"], rtol=0, atol=1e-9):
-            raise DataError(f"the dataset's generator (bias {record['bias']}) is not this version's "
-                            f"(bias {truth.bias}): regenerate it to compare against its ground truth")
+            raise DataError(
+                f"the dataset's generator (bias {record['bias']}) is not this version's "
+                f"(bias {truth.bias}): regenerate it to compare against its ground truth"
+            )
         return truth
 
     def _dense_weights(self, rng: np.random.Generator) -> np.ndarray:
@@ -236,10 +253,16 @@ class GroundTruth:
 
     def describe(self) -> dict[str, Any]:
         """The generator record for ``manifest.extra['generator']``."""
-        return {"config": asdict(self.config), "bias": self.bias, "pairs": [list(p) for p in self.pairs],
-                "signal_variance": SIGNAL, "frequent_id_probability": FREQUENT, "chunk_rows": CHUNK_ROWS,
-                "cardinalities": self.cards,
-                "rebuild": "recfunnel.data.sources.synthetic.GroundTruth.from_manifest(manifest)"}
+        return {
+            "config": asdict(self.config),
+            "bias": self.bias,
+            "pairs": [list(p) for p in self.pairs],
+            "signal_variance": SIGNAL,
+            "frequent_id_probability": FREQUENT,
+            "chunk_rows": CHUNK_ROWS,
+            "cardinalities": self.cards,
+            "rebuild": "recfunnel.data.sources.synthetic.GroundTruth.from_manifest(manifest)",
+        }
 
 
 def _zipf(cardinality: int, alpha: float) -> np.ndarray:
@@ -270,7 +293,7 @@ def _log1p_geometric_sd(mean: float) -> float:
     """Standard deviation of log1p(c) for c geometric on {0, 1, ...} with the given mean."""
     q = mean / (1.0 + mean)  # P(c >= k + 1 | c >= k)
     k = np.arange(0, int(60 * (1 + mean)))
-    pk = (1 - q) * q ** k
+    pk = (1 - q) * q**k
     x = np.log1p(k)
     mu = (pk * x).sum()
     return float(np.sqrt(max((pk * x * x).sum() - mu * mu, 1e-12)))
@@ -283,45 +306,98 @@ def _sigmoid(z: np.ndarray | float) -> Any:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = GeneratorConfig()
     parser.add_argument("--rows", type=int, required=True, help="rows to generate, all splits together")
-    parser.add_argument("--kind", choices=["ctr", "interactions"], default="ctr",
-                        help="ctr: Criteo-shaped rows | interactions: synthetic user-item data (default ctr)")
+    parser.add_argument(
+        "--kind",
+        choices=["ctr", "interactions"],
+        default="ctr",
+        help="ctr: Criteo-shaped rows | interactions: synthetic user-item data (default ctr)",
+    )
     parser.add_argument("--dense", type=int, default=d.dense, help=f"dense features (default {d.dense})")
     parser.add_argument("--sparse", type=int, default=d.sparse, help=f"single-hot features (default {d.sparse})")
-    parser.add_argument("--multi-hot", type=int, default=d.multi_hot,
-                        help=f"multi-hot features (default {d.multi_hot})")
-    parser.add_argument("--max-len", type=int, default=d.max_len,
-                        help=f"a multi-hot list has 1..N ids, uniformly (default {d.max_len})")
-    parser.add_argument("--cardinality", default=None,
-                        help="indices per sparse feature, OOV 0 included: one number for all, or one per feature "
-                             "(single-hot, then multi-hot), comma-separated (default: single-hot geometric from 3 "
-                             "to 2000, multi-hot 200 and 2000: learnable from a few 100k rows)")
-    parser.add_argument("--zipf-alpha", type=float, default=d.zipf_alpha,
-                        help=f"id k is drawn with probability ~ k^-alpha; 0 = uniform (default {d.zipf_alpha})")
-    parser.add_argument("--positive-rate", type=float, default=d.positive_rate,
-                        help=f"mean click probability the bias is solved for (default {d.positive_rate})")
-    parser.add_argument("--interactions", type=int, default=d.interactions,
-                        help=f"latent pairwise interactions between the smallest tables (default {d.interactions})")
-    parser.add_argument("--latent-dim", type=int, default=d.latent_dim,
-                        help=f"size of the interaction vectors (default {d.latent_dim})")
+    parser.add_argument(
+        "--multi-hot", type=int, default=d.multi_hot, help=f"multi-hot features (default {d.multi_hot})"
+    )
+    parser.add_argument(
+        "--max-len", type=int, default=d.max_len, help=f"a multi-hot list has 1..N ids, uniformly (default {d.max_len})"
+    )
+    parser.add_argument(
+        "--cardinality",
+        default=None,
+        help="indices per sparse feature, OOV 0 included: one number for all, or one per feature "
+        "(single-hot, then multi-hot), comma-separated (default: single-hot geometric from 3 "
+        "to 2000, multi-hot 200 and 2000: learnable from a few 100k rows)",
+    )
+    parser.add_argument(
+        "--zipf-alpha",
+        type=float,
+        default=d.zipf_alpha,
+        help=f"id k is drawn with probability ~ k^-alpha; 0 = uniform (default {d.zipf_alpha})",
+    )
+    parser.add_argument(
+        "--positive-rate",
+        type=float,
+        default=d.positive_rate,
+        help=f"mean click probability the bias is solved for (default {d.positive_rate})",
+    )
+    parser.add_argument(
+        "--interactions",
+        type=int,
+        default=d.interactions,
+        help=f"latent pairwise interactions between the smallest tables (default {d.interactions})",
+    )
+    parser.add_argument(
+        "--latent-dim", type=int, default=d.latent_dim, help=f"size of the interaction vectors (default {d.latent_dim})"
+    )
     parser.add_argument("--val-fraction", type=float, default=0.1, help="share of rows in val, 0 = none (default 0.1)")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of rows in test (default 0.1)")
 
 
 def run(args: argparse.Namespace) -> Manifest:
     return prepare_synthetic(
-        args.rows, args.out, kind=args.kind, dense=args.dense, sparse=args.sparse, multi_hot=args.multi_hot,
-        max_len=args.max_len, cardinality=parse_cardinality(args.cardinality), zipf_alpha=args.zipf_alpha,
-        positive_rate=args.positive_rate, interactions=args.interactions, latent_dim=args.latent_dim,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
-        block_rows=args.block_rows, compression=args.compression, overwrite=args.overwrite, quiet=args.quiet)
+        args.rows,
+        args.out,
+        kind=args.kind,
+        dense=args.dense,
+        sparse=args.sparse,
+        multi_hot=args.multi_hot,
+        max_len=args.max_len,
+        cardinality=parse_cardinality(args.cardinality),
+        zipf_alpha=args.zipf_alpha,
+        positive_rate=args.positive_rate,
+        interactions=args.interactions,
+        latent_dim=args.latent_dim,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        block_rows=args.block_rows,
+        compression=args.compression,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+    )
 
 
-def prepare_synthetic(rows: int, out: str | Path, *, kind: str = "ctr", dense: int = 13, sparse: int = 26,
-                      multi_hot: int = 2, max_len: int = 5, cardinality: tuple[int, ...] = (),
-                      zipf_alpha: float = 1.5, positive_rate: float = 0.35, interactions: int = 4,
-                      latent_dim: int = 2, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 42,
-                      block_rows: int = 4096, compression: str | None = None, overwrite: bool = False,
-                      quiet: bool = False) -> Manifest:
+def prepare_synthetic(
+    rows: int,
+    out: str | Path,
+    *,
+    kind: str = "ctr",
+    dense: int = 13,
+    sparse: int = 26,
+    multi_hot: int = 2,
+    max_len: int = 5,
+    cardinality: tuple[int, ...] = (),
+    zipf_alpha: float = 1.5,
+    positive_rate: float = 0.35,
+    interactions: int = 4,
+    latent_dim: int = 2,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 42,
+    block_rows: int = 4096,
+    compression: str | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> Manifest:
     """Generate ``rows`` rows into the dataset folder ``out`` and return its manifest.
 
     ``kind="interactions"`` hands over to ``prepare_synthetic_interactions`` (user-item data); the
@@ -329,19 +405,34 @@ def prepare_synthetic(rows: int, out: str | Path, *, kind: str = "ctr", dense: i
     """
     if kind == "interactions":
         # Imported here: that module is optional for CTR data and is written separately.
-        from recfunnel.data.sources.synthetic_interactions import prepare_synthetic_interactions
-
-        return prepare_synthetic_interactions(rows, out, val_fraction=val_fraction, test_fraction=test_fraction,
-                                              seed=seed, block_rows=block_rows, compression=compression,
-                                              overwrite=overwrite, quiet=quiet)
+        return prepare_synthetic_interactions(
+            rows,
+            out,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            block_rows=block_rows,
+            compression=compression,
+            overwrite=overwrite,
+            quiet=quiet,
+        )
     if kind != "ctr":
         raise ConfigError(f"--kind: {kind!r}, expected ctr or interactions")
     if rows < 1:
         raise ConfigError(f"--rows: {rows}, expected >= 1")
     check_fractions(val_fraction, test_fraction)
-    config = GeneratorConfig(dense=dense, sparse=sparse, multi_hot=multi_hot, max_len=max_len,
-                             cardinality=tuple(cardinality), zipf_alpha=zipf_alpha, positive_rate=positive_rate,
-                             interactions=interactions, latent_dim=latent_dim, seed=seed)
+    config = GeneratorConfig(
+        dense=dense,
+        sparse=sparse,
+        multi_hot=multi_hot,
+        max_len=max_len,
+        cardinality=tuple(cardinality),
+        zipf_alpha=zipf_alpha,
+        positive_rate=positive_rate,
+        interactions=interactions,
+        latent_dim=latent_dim,
+        seed=seed,
+    )
     check_output(out, overwrite, block_rows)
     truth = GroundTruth(config)
     names = split_names(val_fraction)
@@ -355,8 +446,9 @@ def prepare_synthetic(rows: int, out: str | Path, *, kind: str = "ctr", dense: i
     return manifest
 
 
-def _generate(truth: GroundTruth, rows: int, writers: SplitWriters, val_fraction: float, test_fraction: float,
-              quiet: bool) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+def _generate(
+    truth: GroundTruth, rows: int, writers: SplitWriters, val_fraction: float, test_fraction: float, quiet: bool
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
     """Write all rows chunk by chunk. Returns (labels, true probabilities) of val and test, and the
     longest list seen per multi-hot feature."""
     seed = truth.config.seed
@@ -380,14 +472,23 @@ def _generate(truth: GroundTruth, rows: int, writers: SplitWriters, val_fraction
     return out, longest
 
 
-def _manifest(truth: GroundTruth, splits: dict, held: dict[str, tuple[np.ndarray, np.ndarray]],
-              longest: np.ndarray, rows: int, val_fraction: float, test_fraction: float,
-              block_rows: int) -> Manifest:
+def _manifest(
+    truth: GroundTruth,
+    splits: dict,
+    held: dict[str, tuple[np.ndarray, np.ndarray]],
+    longest: np.ndarray,
+    rows: int,
+    val_fraction: float,
+    test_fraction: float,
+    block_rows: int,
+) -> Manifest:
     cfg = truth.config
     s = cfg.sparse
     sparse = [SparseFeature(f"cat_{f}", truth.cards[f], encoding="index") for f in range(s)]
-    sparse += [SparseFeature(f"multi_{j}", truth.cards[s + j], multi_hot=True, encoding="index",
-                             max_len=int(longest[j])) for j in range(cfg.multi_hot)]
+    sparse += [
+        SparseFeature(f"multi_{j}", truth.cards[s + j], multi_hot=True, encoding="index", max_len=int(longest[j]))
+        for j in range(cfg.multi_hot)
+    ]
     bayes_auc = {name: round(auc(y, p), 6) for name, (y, p) in held.items()}
     bayes_logloss = {name: round(logloss(y, p), 6) for name, (y, p) in held.items()}
     return Manifest(
@@ -396,8 +497,13 @@ def _manifest(truth: GroundTruth, splits: dict, held: dict[str, tuple[np.ndarray
         sparse=sparse,
         labels=[Label("label", "binary", "Bernoulli(sigmoid(ground-truth logit)); see extra.generator")],
         splits=splits,
-        split={"kind": "random", "seed": cfg.seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-               "rows": {name: info.rows for name, info in splits.items()}},
+        split={
+            "kind": "random",
+            "seed": cfg.seed,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "rows": {name: info.rows for name, info in splits.items()},
+        },
         block_rows=block_rows,
         source={"kind": "synthetic", "rows": rows},
         extra={"bayes_auc": bayes_auc, "bayes_logloss": bayes_logloss, "generator": truth.describe()},

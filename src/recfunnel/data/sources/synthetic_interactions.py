@@ -15,19 +15,21 @@ the planted model (rank by the true score, train items excluded) beside a popula
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from recfunnel.data.columns import Table
-from recfunnel.data.labels import LabelSpec
-from recfunnel.data.schema import Manifest
-from recfunnel.data.splits import SplitSpec
-from recfunnel.data.shards import check_output
-from recfunnel.data.tabular import Feature, InteractionData, prepare_interaction_dataset
-from recfunnel.data.vocab import Vocab
+from recfunnel.data.format.manifest import Manifest
+from recfunnel.data.format.shards import check_output
+from recfunnel.data.format.vocab import Vocab
+from recfunnel.data.prepare.columns import Table
+from recfunnel.data.prepare.dataset import prepare_interaction_dataset
+from recfunnel.data.prepare.labels import LabelSpec
+from recfunnel.data.prepare.splits import SplitSpec
+from recfunnel.data.prepare.tables import Feature, InteractionData
 from recfunnel.errors import ConfigError
 
 __all__ = ["Tastes", "make_tastes", "sample_interactions", "prepare_synthetic_interactions", "planted_recall"]
@@ -35,8 +37,12 @@ __all__ = ["Tastes", "make_tastes", "sample_interactions", "prepare_synthetic_in
 T0 = 1_600_000_000  # first timestamp, seconds
 SPAN = 365 * 24 * 3600
 CELLS_PER_CHUNK = 1 << 22  # users x items scores held at once
-FEATURES = [Feature("segment", "categorical", "user"), Feature("category", "categorical", "item"),
-            Feature("tags", "multi_hot", "item"), Feature("popularity", "dense", "item")]
+FEATURES = [
+    Feature("segment", "categorical", "user"),
+    Feature("category", "categorical", "item"),
+    Feature("tags", "multi_hot", "item"),
+    Feature("popularity", "dense", "item"),
+]
 
 
 class Tastes:
@@ -52,11 +58,17 @@ class Tastes:
         return self.sharpness * (self.U[users] @ V.T) + self.popularity * b
 
 
-def make_tastes(users: int, items: int, dim: int, rng: np.random.Generator, sharpness: float = 3.0,
-                popularity: float = 1.0) -> Tastes:
-    scale = dim ** -0.25  # entries N(0, dim^-1/2): a dot product then has variance 1
-    return Tastes(rng.normal(0, scale, (users, dim)), rng.normal(0, scale, (items, dim)), rng.normal(0, 1, items),
-                  sharpness, popularity)
+def make_tastes(
+    users: int, items: int, dim: int, rng: np.random.Generator, sharpness: float = 3.0, popularity: float = 1.0
+) -> Tastes:
+    scale = dim**-0.25  # entries N(0, dim^-1/2): a dot product then has variance 1
+    return Tastes(
+        rng.normal(0, scale, (users, dim)),
+        rng.normal(0, scale, (items, dim)),
+        rng.normal(0, 1, items),
+        sharpness,
+        popularity,
+    )
 
 
 def sample_interactions(t: Tastes, rows: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -68,7 +80,7 @@ def sample_interactions(t: Tastes, rows: int, rng: np.random.Generator) -> pd.Da
     chunk = max(1, CELLS_PER_CHUNK // n_items)
     pos = 0
     for lo in range(0, n_users, chunk):
-        c = counts[lo:lo + chunk]
+        c = counts[lo : lo + chunk]
         k = int(c.max(initial=0))
         if k == 0:
             continue
@@ -76,7 +88,7 @@ def sample_interactions(t: Tastes, rows: int, rng: np.random.Generator) -> pd.Da
         top = np.argpartition(-noisy, k - 1, axis=1)[:, :k]  # Gumbel top-k = sampling without replacement
         top = np.take_along_axis(top, np.argsort(-np.take_along_axis(noisy, top, axis=1), axis=1), axis=1)
         picked = top[np.arange(k)[None, :] < c[:, None]]  # row-major: user by user
-        items[pos:pos + len(picked)] = picked
+        items[pos : pos + len(picked)] = picked
         pos += len(picked)
     taste = np.einsum("nd,nd->n", t.U[users], t.V[items]) + rng.normal(0, 0.5, rows)
     z = (taste - taste.mean()) / (taste.std() or 1.0)  # chosen items are liked: centre, so ~54% rate >= 4
@@ -100,51 +112,96 @@ def _user_counts(rng: np.random.Generator, rows: int, users: int, items: int) ->
 def _entity_tables(t: Tastes) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Users (user_id, segment) and items (item_id, title, category, tags, popularity)."""
     dim = t.U.shape[1]
-    users = pd.DataFrame({"user_id": np.arange(len(t.U)), "segment": np.argmax(t.U[:, :min(dim, 4)], axis=1)})
-    strong = t.V > 0.5 * dim ** -0.25
+    users = pd.DataFrame({"user_id": np.arange(len(t.U)), "segment": np.argmax(t.U[:, : min(dim, 4)], axis=1)})
+    strong = t.V > 0.5 * dim**-0.25
     rows, cols = np.nonzero(strong)
     tags = pd.Series([f"t{k}" for k in range(dim)], dtype=object).to_numpy()[cols]
     tag_lists = pd.Series(tags).groupby(rows).agg(list).reindex(range(len(t.V))).to_numpy()
-    items = pd.DataFrame({"item_id": np.arange(len(t.V)), "title": [f"item {i}" for i in range(len(t.V))],
-                          "category": np.argmax(t.V[:, :min(dim, 8)], axis=1), "tags": tag_lists,
-                          "popularity": t.b})
+    items = pd.DataFrame(
+        {
+            "item_id": np.arange(len(t.V)),
+            "title": [f"item {i}" for i in range(len(t.V))],
+            "category": np.argmax(t.V[:, : min(dim, 8)], axis=1),
+            "tags": tag_lists,
+            "popularity": t.b,
+        }
+    )
     return users, items
 
 
-def prepare_synthetic_interactions(rows: int, out: str | Path, *, users: int | None = None, items: int | None = None,
-                                   seed: int = 42, dim: int = 8, sharpness: float = 3.0, popularity: float = 1.0,
-                                   label: str = "auto", threshold: float = 4.0, user_mean_on: str = "train",
-                                   split: str = "temporal", val_fraction: float = 0.1, test_fraction: float = 0.1,
-                                   leave_last: int = 1, block_rows: int = 4096,
-                                   compression: str | None = None, overwrite: bool = False,
-                                   quiet: bool = False) -> Manifest:
+def prepare_synthetic_interactions(
+    rows: int,
+    out: str | Path,
+    *,
+    users: int | None = None,
+    items: int | None = None,
+    seed: int = 42,
+    dim: int = 8,
+    sharpness: float = 3.0,
+    popularity: float = 1.0,
+    label: str = "auto",
+    threshold: float = 4.0,
+    user_mean_on: str = "train",
+    split: str = "temporal",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    leave_last: int = 1,
+    block_rows: int = 4096,
+    compression: str | None = None,
+    overwrite: bool = False,
+    quiet: bool = False,
+) -> Manifest:
     """Generate ``rows`` interactions of ``users`` x ``items`` (defaults: rows/50, rows/100, at least
     10, and enough users that every one has at most half the items) with planted tastes and write
     them as an interactions dataset to ``out``."""
     items = items or max(10, rows // 100)
     users = users or max(10, rows // 50, -(-2 * rows // items))
     if rows < 1 or dim < 1 or rows > users * items:
-        raise ConfigError(f"synthetic interactions: rows={rows}, users={users}, items={items}, dim={dim}; "
-                          "need rows >= 1, dim >= 1 and rows <= users * items (no repeated pair)")
+        raise ConfigError(
+            f"synthetic interactions: rows={rows}, users={users}, items={items}, dim={dim}; "
+            "need rows >= 1, dim >= 1 and rows <= users * items (no repeated pair)"
+        )
     check_output(out, overwrite, block_rows)
     labels = LabelSpec(rule=label, threshold=threshold, user_mean_on=user_mean_on)
-    spec = SplitSpec(kind=split, val_fraction=val_fraction, test_fraction=test_fraction, leave_last=leave_last,
-                     seed=seed)
+    spec = SplitSpec(
+        kind=split, val_fraction=val_fraction, test_fraction=test_fraction, leave_last=leave_last, seed=seed
+    )
     rng = np.random.default_rng(seed)
     tastes = make_tastes(users, items, dim, rng, sharpness, popularity)
     inter = sample_interactions(tastes, rows, rng)
     user_table, item_table = _entity_tables(tastes)
-    params = {"rows": rows, "users": users, "items": items, "dim": dim, "sharpness": sharpness,
-              "popularity": popularity, "seed": seed}
-    data = InteractionData(_table("interactions", inter), _table("users", user_table), _table("items", item_table),
-                           FEATURES, source={"kind": "synthetic", "generator": "interactions", **params},
-                           rating_range=(1, 5))
+    params = {
+        "rows": rows,
+        "users": users,
+        "items": items,
+        "dim": dim,
+        "sharpness": sharpness,
+        "popularity": popularity,
+        "seed": seed,
+    }
+    data = InteractionData(
+        _table("interactions", inter),
+        _table("users", user_table),
+        _table("items", item_table),
+        FEATURES,
+        source={"kind": "synthetic", "generator": "interactions", **params},
+        rating_range=(1, 5),
+    )
 
     def evaluate(folder: Path, manifest: Manifest) -> dict[str, Any]:
         return {"generator": params, **planted_recall(folder, tastes, seed=seed)}
 
-    return prepare_interaction_dataset(data, out, labels=labels, split=spec, block_rows=block_rows,
-                                       compression=compression, overwrite=overwrite, quiet=quiet, evaluate=evaluate)
+    return prepare_interaction_dataset(
+        data,
+        out,
+        labels=labels,
+        split=spec,
+        block_rows=block_rows,
+        compression=compression,
+        overwrite=overwrite,
+        quiet=quiet,
+        evaluate=evaluate,
+    )
 
 
 def _table(name: str, frame: pd.DataFrame) -> Table:
@@ -183,14 +240,20 @@ def planted_recall(folder: Path, tastes: Tastes, *, k: int = 10, max_users: int 
     return out
 
 
-def _recall(score: Callable[[np.ndarray], np.ndarray], users: np.ndarray, seen: pd.DataFrame,
-            relevant: pd.DataFrame, k: int, n_items: int) -> float:
+def _recall(
+    score: Callable[[np.ndarray], np.ndarray],
+    users: np.ndarray,
+    seen: pd.DataFrame,
+    relevant: pd.DataFrame,
+    k: int,
+    n_items: int,
+) -> float:
     """Mean over ``users`` of |top-k ∩ relevant| / |relevant|; ``score(user_indices)`` gives
     (len, n_items) scores with column = item index (0 = OOV, never recommended)."""
     per_user = []
     chunk = max(1, CELLS_PER_CHUNK // n_items)
     for lo in range(0, len(users), chunk):
-        us = users[lo:lo + chunk]
+        us = users[lo : lo + chunk]
         row = pd.Index(us)
         scores = score(us)
         scores[:, 0] = -np.inf
