@@ -310,23 +310,38 @@ def test_movielens_epoch_yields_every_training_row_once(ml100k, tmp_path, nproc)
     assert got == want and sum(want.values()) == 80_000  # default split: 80% train of 100,000 ratings
 
 
+LEAK_CHECK = """
+import gc, json, os, sys
+from recfunnel.data.stream.loader import StreamingBatchLoader
+
+def held():
+    return len(os.listdir("/dev/shm")), len(os.listdir("/proc/self/fd"))
+
+def epoch(loader):
+    for batch in loader:
+        pass
+
+# a first DataLoader with workers opens what torch keeps for the process (shared-memory handles,
+# a pipe): count from after it, so the check is on what each loader leaves
+with StreamingBatchLoader(sys.argv[1], "train", batch_size=500, num_workers=2) as loader:
+    epoch(loader)
+gc.collect()
+before = held()
+for workers in (0, 2):
+    with StreamingBatchLoader(sys.argv[1], "train", batch_size=500, num_workers=workers) as loader:
+        epoch(loader)
+loader = StreamingBatchLoader(sys.argv[1], "train", batch_size=500)
+del loader
+gc.collect()
+print(json.dumps({"before": before, "after": held()}))  # (/dev/shm entries, open descriptors)
+"""
+
+
 def test_loaders_leave_no_shared_memory_or_descriptors(tiny):
-    import gc
-
-    def held() -> tuple[int, int]:
-        return len(os.listdir("/dev/shm")), len(os.listdir("/proc/self/fd"))
-
-    # a first DataLoader with workers opens what torch keeps for the process (shared-memory
-    # handles, a pipe): count from after it, so the check is on what each loader leaves.
-    # (Streaming also attaches to other live jobs' segments: run this with no other job about.)
-    with StreamingBatchLoader(tiny, "train", batch_size=500, num_workers=2) as loader:
-        epoch_ids(loader)
-    gc.collect()
-    before = held()
-    for workers in (0, 2):
-        with StreamingBatchLoader(tiny, "train", batch_size=500, num_workers=workers) as loader:
-            epoch_ids(loader)
-    loader = StreamingBatchLoader(tiny, "train", batch_size=500)
-    del loader
-    gc.collect()
-    assert held() == before
+    # In a fresh interpreter: what earlier tests left running in this one (a Spark gateway's
+    # sockets, say) opens and closes descriptors of its own. (Streaming also attaches to other
+    # live jobs' segments: run this with no other job about.)
+    done = subprocess.run([sys.executable, "-c", LEAK_CHECK, str(tiny)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    held = json.loads(done.stdout.strip().splitlines()[-1])
+    assert held["after"] == held["before"]

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from recfunnel.data.format.manifest import Manifest
+from recfunnel.data.format.pairs import earlier_splits, item_popularity, read_pairs
 from recfunnel.data.format.shards import check_output
 from recfunnel.data.format.vocab import Vocab
 from recfunnel.data.prepare.columns import Table
@@ -210,29 +211,38 @@ def _table(name: str, frame: pd.DataFrame) -> Table:
 
 
 def planted_recall(folder: Path, tastes: Tastes, *, k: int = 10, max_users: int = 2000, seed: int = 0) -> dict:
-    """Recall@k on the test split of the planted model and of train popularity (train items excluded).
+    """Recall@k on the test split of the planted model and of item popularity, each user's seen
+    items excluded (the same definitions as training's evaluation: ``data.format.pairs``).
 
     Recall of a user = test positives in the top k / test positives; averaged over up to
     ``max_users`` test users with a positive. Skipped (empty dict) without a test split.
     """
-    test_path, train_path = folder / "pairs" / "test.parquet", folder / "pairs" / "train.parquet"
-    if not test_path.is_file():
+    splits = sorted(p.stem for p in (folder / "pairs").glob("*.parquet"))
+    if "test" not in splits:
         return {}
-    test, train = pd.read_parquet(test_path), pd.read_parquet(train_path)
-    test = test[test["label"] > 0]
+    test = read_pairs(folder, "test")
+    keep = test.labels > 0
+    relevant = pd.DataFrame({"user_index": test.users[keep], "item_index": test.items[keep]})
+    earlier = [read_pairs(folder, split) for split in earlier_splits("test", splits)]
+    seen = pd.DataFrame(
+        {
+            "user_index": np.concatenate([p.users for p in earlier]),
+            "item_index": np.concatenate([p.items for p in earlier]),
+        }
+    )
     raw_user = Vocab.load(folder / "vocab", "user_id").values.astype(np.int64)  # index i+1 -> raw id
     raw_item = Vocab.load(folder / "vocab", "item_id").values.astype(np.int64)
-    chosen = np.unique(test["user_index"].to_numpy())
+    chosen = np.unique(relevant["user_index"].to_numpy())
     if len(chosen) > max_users:
         chosen = np.sort(np.random.default_rng(seed).choice(chosen, max_users, replace=False))
     n_items = len(raw_item) + 1
-    popularity = np.bincount(train["item_index"], minlength=n_items).astype(np.float64)
+    popularity = item_popularity(read_pairs(folder, "train"), n_items)
     scorers = {
         "truth": lambda us: np.c_[np.full(len(us), -np.inf), tastes.scores(raw_user[us - 1], raw_item)],
         "popularity": lambda us: np.tile(popularity, (len(us), 1)),
     }
-    seen = train[train["user_index"].isin(chosen)]
-    relevant = test[test["user_index"].isin(chosen)]
+    seen = seen[seen["user_index"].isin(chosen)]
+    relevant = relevant[relevant["user_index"].isin(chosen)]
     out: dict[str, Any] = {}
     for name, score in scorers.items():
         out[f"{name}_recall_at_{k}"] = round(_recall(score, chosen, seen, relevant, k, n_items), 4)
