@@ -13,7 +13,8 @@ from recfunnel.baselines.logistic import one_hot as design_matrix
 from recfunnel.data.format.manifest import load_manifest
 from recfunnel.data.format.rows import Rows
 from recfunnel.data.sources.ctr_common import TEST, auc, position_uniform, random_codes
-from recfunnel.data.sources.synthetic import GeneratorConfig, GroundTruth, prepare_synthetic
+from recfunnel.data.sources.synthetic import prepare_synthetic
+from recfunnel.data.sources.synthetic_model import GeneratorConfig, GroundTruth
 from tests.data.readback import assert_failed_cleanly, read_split
 
 ROWS = 20_000
