@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Callable
+from typing import Any
 
 from recfunnel.bench.cli import add_bench_parsers, show_result
 from recfunnel.compat.tqdm import close_progress_bars
 from recfunnel.config import MODELS
-from recfunnel.errors import RecfunnelError
+from recfunnel.errors import RecfunnelError, Terminated
 
 __all__ = ["main", "build_parser"]
 
@@ -442,16 +445,37 @@ def run(argv: list[str] | None = None) -> int:
     return func(args)
 
 
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; exit codes: 0 done, 2 a user mistake (one line on stderr), 3 corrupt data
+    (one line naming the shard and block), 130 interrupted (SIGINT), 143 terminated (SIGTERM)."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return run(argv)
     except RecfunnelError as err:
         close_progress_bars()
         print(f"recfunnel: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:  # a file or folder the system will not let us read or write
+        close_progress_bars()
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"recfunnel: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
+    except Terminated:
+        close_progress_bars()
+        print("recfunnel: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
+        close_progress_bars()
         print("recfunnel: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

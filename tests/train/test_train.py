@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from recfunnel.store.model import load_trained
+from recfunnel.train.run import read_status
 
 FAST = ["--set", "train.epochs=2", "--set", "train.batch_size=256", "--set", "train.log_every=5"]
 
@@ -365,16 +366,52 @@ def test_launcher_options_are_dropped_from_the_command_each_process_runs():
 
 def test_resume_mistakes_are_one_line_errors(cli, datasets, dlrm_run, tmp_path):
     data = datasets / "ctr"
-    code, _, err = cli("train", "--model", "dlrm", "--data", data, "--out", tmp_path / "none", "--resume")
-    assert code != 0 and "no run to resume (no config.yaml)" in err and "Traceback" not in err
-    code, _, err = cli("train", "--model", "dlrm", "--data", data, "--out", dlrm_run, "--resume")
-    assert code != 0 and "the run has finished (metrics.json is written); nothing to resume" in err
     code, _, err = cli("train", "--model", "dlrm", "--data", data, "--out", dlrm_run, "--resume", "--config", "x.yaml")
     assert code != 0 and "--config cannot be combined with --resume" in err
     started = tmp_path / "started"
     started.mkdir()
     (started / "config.yaml").write_text((dlrm_run / "config.yaml").read_text())
     code, _, err = cli("train", "--model", "dcnv2", "--data", data, "--out", started, "--resume")
-    assert code != 0 and "trained 'dlrm', not 'dcnv2'" in err
-    code, _, err = cli("train", "--model", "dlrm", "--data", data, "--out", started, "--resume")
-    assert code != 0 and "checkpoints: no complete checkpoint to resume from" in err
+    assert code != 0 and "trained 'dlrm', not 'dcnv2'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_rerunning_the_same_resume_command_always_works(cli, datasets, dlrm_run, tmp_path):
+    """What a job scheduler does after a preemption: run the same command again."""
+    data, quick = datasets / "ctr", ["--set", "train.max_steps=3", "--set", "eval.baselines=false"]
+    before = (dlrm_run / "metrics.json").read_text()
+    code, _, err = cli("train", "--model", "dlrm", "--data", data, "--out", dlrm_run, "--resume")
+    assert code == 0 and "the run has finished; nothing to resume" in err
+    assert (dlrm_run / "metrics.json").read_text() == before and read_status(dlrm_run)["state"] == "finished"
+    # killed before its first checkpoint (only config.yaml written): it starts again from the beginning
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "config.yaml").write_text((dlrm_run / "config.yaml").read_text())
+    code, _, err = cli("train", "--model", "dlrm", "--data", data, "--out", started, "--resume", *quick)
+    assert code == 0 and "no complete checkpoint yet; starting the run again" in err
+    assert (started / "metrics.json").is_file() and read_status(started)["state"] == "finished"
+    # killed before it wrote anything: the same
+    code, _, err = cli("train", "--model", "dlrm", "--data", data, "--out", tmp_path / "none", "--resume", *quick)
+    assert code == 0 and "no run to resume; starting it" in err and (tmp_path / "none" / "metrics.json").is_file()
+
+
+def test_a_corrupt_shard_fails_the_run_with_exit_3_and_leaves_nothing(cli, datasets, tmp_path):
+    import os
+    import shutil
+
+    data = tmp_path / "ctr"
+    shutil.copytree(datasets / "ctr", data)
+    shard = sorted((data / "train").glob("shard.*.mds"))[0]
+    raw = bytearray(shard.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 16] = bytes(b ^ 0xFF for b in raw[middle : middle + 16])
+    shard.write_bytes(bytes(raw))  # same size: `validate --fast` would not see it
+    run = tmp_path / "run"
+    code, _, err = cli("train", "--model", "dlrm", "--data", data, "--out", run, "--quiet", *FAST)
+    lines = [line for line in err.splitlines() if line.startswith("recfunnel:")]
+    assert code == 3 and len(lines) == 1 and str(shard) in lines[0] and "train block" in lines[0], err
+    assert "Traceback" not in err and not run.exists()
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], f"tags.`recfunnel.run_dir` = '{run}'"
+    )
+    assert [r.info.status for r in runs] == ["FAILED"]

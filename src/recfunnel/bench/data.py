@@ -1,7 +1,12 @@
 """Loader throughput beside two baselines over the same rows, measured in one run.
 
 - ``loader``: :class:`StreamingBatchLoader` (blocks of rows per MDS sample, shuffled), batches of
-  dense tensors + KeyedJaggedTensor + labels, as training consumes them.
+  dense tensors + KeyedJaggedTensor + labels, as training consumes them, each block's checksum and
+  ids checked.
+- ``loader_unchecked``: the same without the checks (``validate=False``): what integrity costs.
+  Each pass opens a fresh loader, so every block is checked (a loader checks a block the first
+  time it reads it); ``integrity`` also times one loader over ``EPOCHS`` epochs each way, for the
+  cost in a training run's first epoch and in the epochs after it.
 - ``parquet``: a plain pyarrow Parquet reader over the same rows (no shuffling), record batches
   turned into the same tensors.
 - ``per_row_mds``: one MDS sample per row read by a plain StreamingDataset with shuffling, the
@@ -35,6 +40,7 @@ from recfunnel.report import table
 __all__ = ["bench_data", "print_bench"]
 
 PER_ROW_LIMIT = 20_000
+EPOCHS = 3
 
 
 def bench_data(
@@ -55,6 +61,7 @@ def bench_data(
         _write_per_row(per_row, rows.slice(0, min(len(rows), PER_ROW_LIMIT)))
         readers: dict[str, Callable[[], Iterator[int]]] = {
             "loader": lambda: _loader_batches(folder, batch_size, workers),
+            "loader_unchecked": lambda: _loader_batches(folder, batch_size, workers, validate=False),
             "parquet": lambda: _parquet_batches(parquet, batch_size, manifest),
             "per_row_mds": lambda: _per_row_samples(per_row, batch_size),
         }
@@ -64,9 +71,16 @@ def bench_data(
                 # Per-row MDS is timed over whole passes of its subset: a StreamingDataset left
                 # mid-epoch keeps its download threads busy and would slow the next reader.
                 runs[name].append(_rate(make, seconds, whole_passes=name == "per_row_mds"))
+        epochs = _integrity(folder, batch_size, workers, repeats)
     rates = {name: statistics.median(r) for name, r in runs.items()}
+    first = {v: statistics.median(r[0] for r in epochs[v]) for v in epochs}
+    later = {v: statistics.median(x for r in epochs[v] for x in r[1:]) for v in epochs}
     return {
         "loader_rows_per_s": round(rates["loader"]),
+        "loader_unchecked_rows_per_s": round(rates["loader_unchecked"]),
+        "integrity_cost": round(1 - rates["loader"] / rates["loader_unchecked"], 4),
+        "integrity_cost_first_epoch": round(1 - first["checked"] / first["unchecked"], 4),
+        "integrity_cost_later_epochs": round(1 - later["checked"] / later["unchecked"], 4),
         "parquet_rows_per_s": round(rates["parquet"]),
         "per_row_mds_rows_per_s": round(rates["per_row_mds"]),
         "loader_vs_parquet": round(rates["loader"] / rates["parquet"], 3),
@@ -76,13 +90,19 @@ def bench_data(
         "workers": workers,
         "repeats": repeats,
         "runs": {name: [round(x) for x in r] for name, r in runs.items()},
+        "epochs": {v: [[round(x) for x in r] for r in epochs[v]] for v in epochs},
     }
 
 
 def print_bench(result: dict[str, Any]) -> None:
     loader = result["loader_rows_per_s"]
     rows = [
-        ["recfunnel loader (MDS, row blocks, shuffled)", loader, "1.00x"],
+        ["recfunnel loader (MDS, row blocks, shuffled, checked)", loader, "1.00x"],
+        [
+            "the same without checksum and id checks",
+            result["loader_unchecked_rows_per_s"],
+            f"{result['loader_unchecked_rows_per_s'] / loader:.3f}x",
+        ],
         [
             "pyarrow Parquet reader (same rows, not shuffled)",
             result["parquet_rows_per_s"],
@@ -106,6 +126,11 @@ def print_bench(result: dict[str, Any]) -> None:
         f"loader / parquet = {result['loader_vs_parquet']:.2f}x, loader / per-row MDS = "
         f"{result['loader_vs_per_row_mds']:.0f}x"
     )
+    print(
+        f"integrity checks (each block's checksum and ids, once per run): {result['integrity_cost']:.1%} of a fresh "
+        f"loader's speed; over {EPOCHS} epochs of one loader, {result['integrity_cost_first_epoch']:.1%} in the first, "
+        f"{result['integrity_cost_later_epochs']:.1%} in the later ones"
+    )
 
 
 def _rate(make: Callable[[], Iterator[int]], seconds: float, whole_passes: bool = False) -> float:
@@ -119,8 +144,26 @@ def _rate(make: Callable[[], Iterator[int]], seconds: float, whole_passes: bool 
     return rows / (time.perf_counter() - start)
 
 
-def _loader_batches(folder: str, batch_size: int, workers: int) -> Iterator[int]:
-    with StreamingBatchLoader(folder, "train", batch_size=batch_size, num_workers=workers) as loader:
+def _integrity(folder: str, batch_size: int, workers: int, repeats: int) -> dict[str, list[list[float]]]:
+    """Rows/s of each of ``EPOCHS`` epochs of one loader, checked and unchecked, ``repeats`` times in turn."""
+    out: dict[str, list[list[float]]] = {"checked": [], "unchecked": []}
+    for _ in range(repeats):
+        for name in out:
+            rates = []
+            with StreamingBatchLoader(
+                folder, "train", batch_size=batch_size, num_workers=workers, validate=name == "checked"
+            ) as loader:
+                for _ in range(EPOCHS):
+                    start, rows = time.perf_counter(), 0
+                    for batch in loader:
+                        rows += len(batch)
+                    rates.append(rows / (time.perf_counter() - start))
+            out[name].append(rates)
+    return out
+
+
+def _loader_batches(folder: str, batch_size: int, workers: int, validate: bool = True) -> Iterator[int]:
+    with StreamingBatchLoader(folder, "train", batch_size=batch_size, num_workers=workers, validate=validate) as loader:
         for batch in loader:
             yield len(batch)
 

@@ -40,7 +40,7 @@ from recfunnel.config import OptimizerConfig, load_config
 from recfunnel.data.format.manifest import DenseFeature, Label, Manifest, SparseFeature, SplitInfo
 from recfunnel.models.ranker import build_ranker
 from recfunnel.report import table
-from recfunnel.train.distributed import init_world, wrap
+from recfunnel.train.distributed import World, init_world, wrap
 from recfunnel.train.losses import RankingLoss
 
 __all__ = ["bench_train", "print_bench", "flops_per_sample"]
@@ -116,9 +116,11 @@ def bench_train(
     try:
         generator = torch.Generator().manual_seed(0)
         batches = [_random_batch(batch_size, rows_per_table, generator, zipf) for _ in range(DISTINCT_BATCHES)]
+        world = init_world()  # on a GPU machine, both models and the matmuls run on its GPU
+        device = world.device
         variants = {
-            "recfunnel": _recfunnel_step(batches, rows_per_table),
-            "plain": _plain_step(batches, rows_per_table),
+            "recfunnel": _recfunnel_step(batches, rows_per_table, world),
+            "plain": _plain_step(batches, rows_per_table, device),
         }
         for step in variants.values():
             for i in range(WARMUP_STEPS):
@@ -126,8 +128,8 @@ def bench_train(
         runs: dict[str, list[float]] = {"recfunnel": [], "plain": [], "matmul_gflops": []}
         for _ in range(repeats):
             for name, step in variants.items():
-                runs[name].append(_rate(step, steps, batch_size))
-            runs["matmul_gflops"].append(_matmul_gflops())
+                runs[name].append(_rate(step, steps, batch_size, device))
+            runs["matmul_gflops"].append(_matmul_gflops(device))
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous_threads)
@@ -146,6 +148,7 @@ def bench_train(
         "matmul_gflops": round(gflops, 1),
         "flops_per_sample": flops,
         "threads": used_threads,
+        "device": str(device),
         "batch_size": batch_size,
         "steps": steps,
         "repeats": repeats,
@@ -216,27 +219,36 @@ def _random_batch(batch_size: int, rows: int, generator: torch.Generator, zipf: 
     )
 
 
-def _rate(step: Callable[[int], None], steps: int, batch_size: int) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # GPU work is queued: time it only once it is done
+        torch.cuda.synchronize(device)
+
+
+def _rate(step: Callable[[int], None], steps: int, batch_size: int, device: torch.device) -> float:
     """Samples per second of ``steps`` training steps."""
+    _sync(device)
     start = time.perf_counter()
     for i in range(steps):
         step(i)
+    _sync(device)
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def _matmul_gflops() -> float:
+def _matmul_gflops(device: torch.device) -> float:
     """Median fp32 GFLOP/s of square MATMUL_SIZE matmuls."""
-    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device) for _ in range(2))
     a @ b  # warm-up
     times = []
     for _ in range(MATMUL_TIMES):
+        _sync(device)
         start = time.perf_counter()
         a @ b
+        _sync(device)
         times.append(time.perf_counter() - start)
     return 2 * MATMUL_SIZE**3 / statistics.median(times) / 1e9
 
 
-def _recfunnel_step(batches: list[_Batch], rows: int) -> Callable[[int], None]:
+def _recfunnel_step(batches: list[_Batch], rows: int, world: World) -> Callable[[int], None]:
     """One training step of recfunnel's DLRM on batch ``i % len(batches)``."""
     manifest = Manifest(
         kind="ctr",
@@ -257,9 +269,7 @@ def _recfunnel_step(batches: list[_Batch], rows: int) -> Callable[[int], None]:
         ],
     ).model
     model = build_ranker("dlrm", manifest, cfg, device=torch.device("meta"))
-    dmp, optimizer, _ = wrap(
-        model, init_world(), OptimizerConfig(EMBEDDING_OPTIMIZER, LR), OptimizerConfig("adagrad", LR)
-    )
+    dmp, optimizer, _ = wrap(model, world, OptimizerConfig(EMBEDDING_OPTIMIZER, LR), OptimizerConfig("adagrad", LR))
     task = RankingLoss(cfg.heads, manifest)
     keys = manifest.sparse_keys
     inputs = []
@@ -270,7 +280,8 @@ def _recfunnel_step(batches: list[_Batch], rows: int) -> Callable[[int], None]:
             lengths=torch.ones(b.ids.numel(), dtype=torch.int32),
             stride=len(b.ids),
         )
-        inputs.append((b.dense, kjt, b.labels, torch.ones(len(b.ids))))
+        device = world.device
+        inputs.append((b.dense.to(device), kjt.to(device), b.labels.to(device), torch.ones(len(b.ids), device=device)))
     dmp.train()
 
     def step(i: int) -> None:
@@ -292,7 +303,9 @@ class _PlainDLRM(nn.Module):
         self.tables = nn.ModuleList(nn.EmbeddingBag(rows, DIM, mode="sum", sparse=True) for _ in range(TABLES))
         self.bottom = _mlp([DENSE_FEATURES, *BOTTOM_MLP, DIM], last_relu=True)
         n = TABLES + 1
-        self.rows, self.cols = torch.triu_indices(n, n, offset=1)
+        rows, cols = torch.triu_indices(n, n, offset=1)
+        self.register_buffer("rows", rows, persistent=False)  # buffers: they follow .to(device)
+        self.register_buffer("cols", cols, persistent=False)
         self.top = _mlp([DIM + n * (n - 1) // 2, *TOP_MLP, 1], last_relu=False)
 
     def forward(self, dense: torch.Tensor, ids: list[torch.Tensor], offsets: torch.Tensor) -> torch.Tensor:
@@ -312,13 +325,21 @@ def _mlp(sizes: list[int], last_relu: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _plain_step(batches: list[_Batch], rows: int) -> Callable[[int], None]:
+def _plain_step(batches: list[_Batch], rows: int, device: torch.device) -> Callable[[int], None]:
     """One training step of the plain-PyTorch DLRM on batch ``i % len(batches)``."""
-    model = _PlainDLRM(rows)
+    model = _PlainDLRM(rows).to(device)
     sparse_opt = torch.optim.Adagrad(model.tables.parameters(), lr=LR)
     dense_params = [p for name, p in model.named_parameters() if not name.startswith("tables.")]
     dense_opt = torch.optim.Adagrad(dense_params, lr=LR, eps=1e-8)
-    inputs = [(b.dense, [c.contiguous() for c in b.ids.T], torch.arange(len(b.ids)), b.labels[:, 0]) for b in batches]
+    inputs = [
+        (
+            b.dense.to(device),
+            [c.contiguous().to(device) for c in b.ids.T],
+            torch.arange(len(b.ids), device=device),
+            b.labels[:, 0].to(device),
+        )
+        for b in batches
+    ]
     model.train()
 
     def step(i: int) -> None:

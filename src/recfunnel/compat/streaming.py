@@ -13,6 +13,8 @@ Why each private part:
   ``_shard_access_times``, ``_cache_filelock_path``: the shared memory and lock files a dataset
   makes, freed only when it is garbage-collected (see :func:`release_shared_memory`).
 - ``CloudDownloader.direct_download``: one file (the manifest) from a remote dataset.
+- ``spanner``, ``streams``, ``stream_per_shard``, ``shards`` (public, undocumented): which shard file
+  holds a sample, to name it when its content is corrupt.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "enter_worker",
     "release_shared_memory",
     "download_file",
+    "shard_file",
     "missing",
 ]
 
@@ -84,6 +87,10 @@ PRIVATE_API: list[tuple[str, str]] = [
     ("StreamingDataset", "_shard_states.shm"),
     ("StreamingDataset", "_shard_access_times.shm"),
     ("StreamingDataset", "_cache_filelock_path"),
+    ("StreamingDataset", "spanner"),
+    ("StreamingDataset", "streams"),
+    ("StreamingDataset", "stream_per_shard"),
+    ("StreamingDataset", "shards"),
 ]
 
 
@@ -166,3 +173,13 @@ def release_shared_memory(dataset: Any) -> None:
 def download_file(remote: str, local: str, timeout: float = 60) -> None:
     """One file of a remote dataset (s3://, gs://, dbfs:/, ... or a local path) to ``local``."""
     _CloudDownloader.direct_download(remote, local, timeout)
+
+
+def shard_file(dataset: Any, sample_id: int) -> str:
+    """The path of the shard file that holds sample ``sample_id``, for error messages."""
+    try:
+        shard, _ = dataset.spanner[sample_id]
+        stream = dataset.streams[dataset.stream_per_shard[shard]]
+        return os.path.join(stream.local, stream.split, dataset.shards[shard].raw_data.basename)
+    except Exception:  # never let naming the shard hide the error being reported
+        return f"sample {sample_id}"

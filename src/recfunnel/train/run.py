@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from recfunnel.data.format.manifest import Manifest, load_manifest
 from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.files import write_text_atomic
 from recfunnel.store.model import MODEL_DIR, build_model, load_trained, save_model
-from recfunnel.tracking.tracker import Tracker, file_sha256, package_versions
+from recfunnel.tracking.tracker import FALLBACK_DB, Tracker, file_sha256, package_versions
 from recfunnel.train.checkpoint import latest_checkpoint
 from recfunnel.train.compare import ranking_baselines, retrieval_baselines
 from recfunnel.train.distributed import embedding_collections, init_embeddings, init_world, wrap
@@ -36,9 +37,19 @@ from recfunnel.train.objectives import RankingObjective, RetrievalObjective
 from recfunnel.train.sharding import forced_plan, plan_table
 from recfunnel.train.summary import log_results, print_run_summary
 
-__all__ = ["train", "check_compatible", "validation_metrics", "resume_config", "METRICS"]
+__all__ = [
+    "train",
+    "check_compatible",
+    "validation_metrics",
+    "resume_config",
+    "finished",
+    "read_status",
+    "METRICS",
+    "STATUS",
+]
 
 METRICS = "metrics.json"
+STATUS = "status.json"
 
 
 def check_compatible(config: RunConfig, data: str | Path, manifest: Manifest | None = None) -> None:
@@ -129,7 +140,7 @@ def _report_plan(
             "adam": 2 * config.model.embedding_dim,
         }.get(opt, 0),
     )
-    (out / "sharding_plan.txt").write_text(text + "\n")
+    write_text_atomic(out / "sharding_plan.txt", text + "\n")
     tracker.log_artifact(out / "sharding_plan.txt")
     if not quiet:
         print(text)
@@ -137,29 +148,56 @@ def _report_plan(
 
 def resume_config(
     model_kind: str, out: str | Path, config_file: str | Path | None, overrides: list[str]
-) -> tuple[RunConfig, Path]:
-    """The interrupted run's config (``--set`` overrides on top, e.g. more epochs) and its latest
-    checkpoint; one-line errors when there is nothing to resume."""
+) -> tuple[RunConfig, Path | None, str]:
+    """The interrupted run's config (``--set`` overrides on top, e.g. more epochs), its latest
+    complete checkpoint, and a note for people. A run killed before its first complete checkpoint
+    (or before it wrote anything) starts from the beginning, so that a job scheduler can rerun the
+    same command after a preemption; the note says so. Mistakes are one-line errors."""
     out = Path(out)
-    if config_file is not None:
-        raise ConfigError(
-            "--config cannot be combined with --resume: the run keeps its own config.yaml "
-            "(change single values with --set)"
-        )
-    if (out / METRICS).exists():
-        raise RecfunnelError(f"{out}: the run has finished ({METRICS} is written); nothing to resume")
+    _no_config_file(config_file)
     if not (out / "config.yaml").is_file():
-        raise RecfunnelError(f"{out}: no run to resume (no config.yaml); start it without --resume")
+        return load_config(model_kind, None, overrides), None, f"{out}: no run to resume; starting it"
     saved = yaml.safe_load((out / "config.yaml").read_text())
     if saved.get("model_kind") != model_kind:
         raise ConfigError(f"--model: the run in {out} trained {saved.get('model_kind')!r}, not {model_kind!r}")
     found = latest_checkpoint(out / "checkpoints")
     if found is None:
-        raise RecfunnelError(
-            f"{out}/checkpoints: no complete checkpoint to resume from; start the run again "
-            f"without --resume (with --overwrite)"
+        return with_overrides(saved, overrides), None, f"{out}: no complete checkpoint yet; starting the run again"
+    return with_overrides(saved, overrides), found, f"{out}: resuming from {found.name}"
+
+
+def _no_config_file(config_file: str | Path | None) -> None:
+    if config_file is not None:
+        raise ConfigError(
+            "--config cannot be combined with --resume: the run keeps its own config.yaml "
+            "(change single values with --set)"
         )
-    return with_overrides(saved, overrides), found
+
+
+def finished(out: str | Path) -> bool:
+    """Whether the run folder holds a finished run (its status.json says so; before status files
+    existed, its metrics.json did)."""
+    status = read_status(out)
+    return status.get("state") == "finished" if status else (Path(out) / METRICS).is_file()
+
+
+def read_status(out: str | Path) -> dict[str, Any]:
+    """``RUN_DIR/status.json``: ``{"state": "running" | "finished" | "failed", "exit_code", "message",
+    "updated"}``; empty when there is none. A run killed outright stays "running"."""
+    try:
+        return json.loads((Path(out) / STATUS).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_status(out: Path, state: str, exit_code: int | None = None, message: str = "") -> None:
+    record = {
+        "state": state,
+        "exit_code": exit_code,
+        "message": message,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_text_atomic(out / STATUS, json.dumps(record, indent=2) + "\n")
 
 
 def train(
@@ -176,28 +214,81 @@ def train(
     """Train ``model_kind`` on the prepared dataset ``data``; write the run folder ``out``.
 
     ``resume``: continue the interrupted run in ``out`` from its latest checkpoint, on any number
-    of processes. Returns the metrics written to ``out/metrics.json``.
+    of processes (from the beginning when it has none; nothing to do when it has finished).
+    Returns the metrics written to ``out/metrics.json``. A run that fails before its first complete
+    checkpoint leaves no run folder behind, unless the folder was there before.
     """
     data, out = str(data), Path(out)
-    checkpoint = None
+    checkpoint, note = None, ""
     if resume:
-        config, checkpoint = resume_config(model_kind, out, config_file, list(overrides))
+        _no_config_file(config_file)
+        if finished(out):
+            _say(f"{out}: the run has finished; nothing to resume", quiet)
+            return json.loads((out / METRICS).read_text())
+        config, checkpoint, note = resume_config(model_kind, out, config_file, list(overrides))
     else:
         config = load_config(model_kind, config_file, list(overrides))
     manifest = load_manifest(data)
     check_compatible(config, data, manifest)
     metric = _early_stopping_metric(config)
-    if not resume and (out / METRICS).exists() and not overwrite:
+    if not resume and finished(out) and not overwrite:
         raise RecfunnelError(f"{out}: already holds a finished run; choose another --out or pass --overwrite")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     world = init_world()
     torch.manual_seed(config.train.seed)
-    out.mkdir(parents=True, exist_ok=True)
+    fresh = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RecfunnelError(f"{out}: cannot write the run folder there ({e.strerror})") from None
     if world.is_main:
-        if not resume:
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # an earlier run's must not be resumed
+        if note:
+            _say(note, quiet)
+        if checkpoint is None:  # an earlier run's must not be resumed, nor its results kept
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            for stale in (METRICS, STATUS):
+                (out / stale).unlink(missing_ok=True)
         write_text_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        _write_status(out, "running")
+    try:
+        return _train(config, manifest, data, out, model_kind, metric, world, checkpoint, resume, quiet)
+    except BaseException as err:
+        if world.is_main:
+            _after_failure(out, fresh, err)
+        raise
+
+
+def _say(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"recfunnel: {message}", file=sys.stderr, flush=True)
+
+
+def _after_failure(out: Path, fresh: bool, err: BaseException) -> None:
+    """Remove a run folder this run made and nothing can resume from; else record the failure."""
+    tracked_here = (out / FALLBACK_DB).exists()  # the MLflow store fell back into the run folder: keep it
+    if fresh and latest_checkpoint(out / "checkpoints") is None and not tracked_here:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    code = getattr(err, "exit_code", 130 if isinstance(err, KeyboardInterrupt) else 1)
+    if out.is_dir():
+        _write_status(
+            out, "failed", code, str(err).strip().splitlines()[-1][:500] if str(err).strip() else type(err).__name__
+        )
+
+
+def _train(
+    config: RunConfig,
+    manifest: Manifest,
+    data: str,
+    out: Path,
+    model_kind: str,
+    metric: str,
+    world: Any,
+    checkpoint: Path | None,
+    resume: bool,
+    quiet: bool,
+) -> dict[str, Any]:
     tracker = Tracker.start(config.tracking, run_dir=out, enabled=world.is_main, quiet=quiet, resume=resume)
     with tracker:
         tracker.log_params({**config.to_dict(), "data": data})
@@ -253,6 +344,8 @@ def train(
             resume=checkpoint,
         )
         metrics = _finish(config, manifest, data, out, objective, result, world, tracker, metric, quiet)
+    if world.is_main:
+        _write_status(out, "finished", 0)
     return metrics
 
 

@@ -120,7 +120,9 @@ def log_results(
     plot_dir = out / "plots"
     plot_dir.mkdir(exist_ok=True)
     for name, fig in figures.items():
-        fig.savefig(plot_dir / f"{name}.png", dpi=100)
+        tmp = plot_dir / f".{name}.png.tmp"  # whole or not at all, like every file a run writes
+        fig.savefig(tmp, dpi=100, format="png")
+        tmp.replace(plot_dir / f"{name}.png")
         tracker.log_figure(fig, f"plots/{name}.png")
     tracker.log_artifact(out / "metrics.json")
     if config.tracking.log_checkpoints:  # the best weights and the newest resumable checkpoint

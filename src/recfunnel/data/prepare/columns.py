@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
+from recfunnel.data.prepare.text_files import GZIP_ERRORS, describe_undecodable, gzip_error, is_gzip
 from recfunnel.errors import DataError
 
 __all__ = [
@@ -68,17 +70,24 @@ def read_csv_table(
     quoting: int = csv.QUOTE_MINIMAL,
     **kwargs: Any,
 ) -> Table:
-    """Read a delimited text file; blank lines are dropped, the index is the file line number.
+    """Read a delimited text file, gzipped or not; blank lines are dropped, the index is the file
+    line number.
 
-    Without a header, ``names`` names the columns. Empty files, ragged lines and undecodable bytes
-    raise :class:`DataError` naming the file.
+    Without a header, ``names`` names the columns. Empty files, ragged lines, a column named twice
+    in the header and undecodable bytes raise :class:`DataError` naming the file (and the line and
+    byte offset of bad bytes).
     """
     path = Path(path)
     _check_not_empty(path)
+    compression = "gzip" if is_gzip(path) else "infer"
+    if header:
+        _check_header(path, sep, encoding, quoting, compression)
     try:
         with warnings.catch_warnings():
             # Mixed types in a column are reported (with their line) by the column checks instead.
             warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            # Rows with more fields than the header would drop their last fields: refuse them instead.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
             frame = pd.read_csv(
                 path,
                 sep=sep,
@@ -87,14 +96,23 @@ def read_csv_table(
                 encoding=encoding,
                 skip_blank_lines=False,
                 quoting=quoting,
+                compression=compression,
+                index_col=False,  # never take the first column for an index when rows have a field more
                 **kwargs,
             )
+    except pd.errors.ParserWarning:
+        raise DataError(
+            f"{path.name}: the rows have more fields than the header names; check the delimiter "
+            f"({sep!r}) and the header"
+        ) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path.name}: empty file") from None
     except pd.errors.ParserError as e:
         raise DataError(f"{path.name}: malformed ({_first_line(e)})") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path.name}: not {encoding} text ({e.reason} at byte {e.start})") from None
+    except UnicodeDecodeError:
+        raise DataError(describe_undecodable(path, encoding)) from None
+    except GZIP_ERRORS as err:
+        raise gzip_error(path, err) from None
     except ValueError as e:  # e.g. usecols naming a column the file lacks
         raise DataError(f"{path.name}: {_first_line(e)}") from None
     frame.index = frame.index + (2 if header else 1)
@@ -106,12 +124,47 @@ def read_csv_table(
     return Table(path.name, frame)
 
 
+def _check_header(path: Path, sep: str, encoding: str, quoting: int, compression: str) -> None:
+    """A column named twice would be read as ``name`` and ``name.1``, and a second label column
+    would silently become a feature: refuse it, naming it."""
+    try:
+        first = pd.read_csv(
+            path,
+            sep=sep,
+            header=None,
+            nrows=1,
+            dtype=str,
+            encoding=encoding,
+            quoting=quoting,
+            compression=compression,
+            keep_default_na=False,
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, *GZIP_ERRORS):
+        return  # reading the whole file reports it, with its line
+    names = [str(v).strip() for v in first.iloc[0].tolist()] if len(first) else []
+    _no_duplicates(path, names)
+
+
+def _no_duplicates(path: Path, names: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise DataError(
+                f"{path.name}: column {name!r} appears twice in the header (columns {seen[name] + 1} "
+                f"and {i + 1}); rename or drop one"
+            )
+        seen[name] = i
+
+
 def read_parquet_table(path: str | Path) -> Table:
     """Read a Parquet file; the index is the 1-based row number."""
     path = Path(path)
     _check_not_empty(path)
     try:
+        _no_duplicates(path, pq.read_schema(path).names)
         frame = pd.read_parquet(path)
+    except DataError:
+        raise
     except Exception as e:  # pyarrow raises several types for a file that is not Parquet
         raise DataError(f"{path.name}: not a readable Parquet file ({_first_line(e)})") from None
     if frame.empty:
@@ -122,13 +175,16 @@ def read_parquet_table(path: str | Path) -> Table:
 
 
 def read_table(path: str | Path, *, sep: str | None = None) -> Table:
-    """CSV/TSV or Parquet, chosen by the file name (``.parquet``/``.pq``; ``.tsv`` means tab)."""
+    """CSV/TSV or Parquet, chosen by the file name (``.parquet``/``.pq``; ``.tsv`` means tab; a
+    ``.gz`` ending is looked past: text files may be gzipped)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    if path.suffix.lower() in (".parquet", ".pq"):
+    suffixes = [s.lower() for s in path.suffixes]
+    kind = suffixes[-2] if len(suffixes) > 1 and suffixes[-1] == ".gz" else (suffixes[-1] if suffixes else "")
+    if kind in (".parquet", ".pq") and not is_gzip(path):
         return read_parquet_table(path)
-    return read_csv_table(path, sep=sep or ("\t" if path.suffix.lower() == ".tsv" else ","))
+    return read_csv_table(path, sep=sep or ("\t" if kind == ".tsv" else ","))
 
 
 def _check_not_empty(path: Path) -> None:
@@ -181,7 +237,19 @@ def to_ids(table: Table, col: str, *, numeric: bool = False) -> pd.Series:
         if pd.api.types.is_float_dtype(s):
             bad = ~np.isfinite(values) | (values != np.floor(values))
             _raise_at(table, bad, lambda v: f"{name} {v!r} is not a whole number; ids must be integers >= 0", values)
+            # beyond 2^53 a float holds no exact integer: two ids could become one
+            _raise_at(
+                table,
+                np.abs(values) > 2.0**53,
+                lambda v: (
+                    f"{name} {v!r} is too large for an exact id "
+                    f"written as a decimal number; write ids as integers or text"
+                ),
+                values,
+            )
         _raise_at(table, values < 0, lambda v: f"{name} {v!r} is negative; ids must be integers >= 0", values)
+        if values.dtype == np.uint64 and len(values) and values.max() > np.iinfo(np.int64).max:
+            return s.astype(str)  # ids of 2^63 and up, kept exactly as text (as an int64 they turn negative)
         return pd.Series(values.astype(np.int64), index=s.index, name=col)
     return s.astype(str)
 
@@ -199,6 +267,13 @@ def to_numbers(table: Table, col: str, *, missing_ok: bool = False) -> np.ndarra
         s = numbers
     values = s.to_numpy(np.float64, na_value=np.nan)
     _raise_at(table, np.isinf(values), lambda v: f"{name} is {v}; expected a finite number", values)
+    too_large = np.abs(np.nan_to_num(values)) > np.finfo(np.float32).max
+    _raise_at(
+        table,
+        too_large,
+        lambda v: f"{name} {v!r} is too large; numbers are kept as 32-bit floats (at most 3.4e38)",
+        values,
+    )
     if not missing_ok:
         _raise_at(table, np.isnan(values), lambda v: f"{name} is missing (NaN); expected a finite number", values)
     return values
@@ -212,6 +287,7 @@ def to_timestamps(table: Table, col: str) -> np.ndarray:
     numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
     if numeric or not np.isnan(pd.to_numeric(s.iloc[:1].astype(str), errors="coerce").iloc[0]):
         values = to_numbers(table, col)  # numbers (the first value decides): text among them is an error
+        _raise_at(table, np.abs(values) >= 2.0**63, lambda v: f"{name} {v!r} is too large for a timestamp", values)
         return values.astype(np.int64) if np.all(values == np.floor(values)) else values
     if pd.api.types.is_datetime64_any_dtype(s):
         stamps = pd.to_datetime(s, utc=True)

@@ -19,9 +19,11 @@ values seen only in val/test, share index 0), or ``--hash-buckets N``: index 1 +
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +35,7 @@ from recfunnel.data.format.manifest import DenseFeature, Label, Manifest, Sparse
 from recfunnel.data.format.rows import Rows
 from recfunnel.data.format.shards import check_output
 from recfunnel.data.format.vocab import Vocab, hash_encode
+from recfunnel.data.prepare.text_files import describe_undecodable, first_undecodable
 from recfunnel.data.sources.ctr_common import (
     TRAIN,
     KeyCounter,
@@ -116,18 +119,20 @@ class _File:
 
     path: Path
     rows: int  # rows used (all of them unless --max-rows cut the file)
-    bytes: int  # bytes read (and hashed)
+    bytes: int  # bytes read (and hashed); of the decompressed text for gzip files
     sha256: str
     checkpoints: list[tuple[int, int]]  # (byte offset, lines before it) at line starts
+    partial: bool = False  # --max-rows stopped before the file's end
+    gzip: bool = False
 
     def record(self) -> dict:
-        whole = self.bytes == self.path.stat().st_size
         return {
             "name": self.path.name,
             "sha256": self.sha256,
             "bytes": self.bytes,
             "rows": self.rows,
-            **({} if whole else {"partial": True}),
+            **({"gzip": True} if self.gzip else {}),
+            **({"partial": True} if self.partial else {}),
         }
 
 
@@ -236,10 +241,12 @@ class _Plan:
 
 
 def _read(
-    path: Path, source: TrackedFile, types: dict[str, pa.DataType] | None = None
+    path: Path, source: TrackedFile, types: dict[str, pa.DataType] | None = None, locate: bool = True
 ) -> Iterator[tuple[int, pa.RecordBatch]]:
     """Checked batches of a Criteo file as ``(line number of the first row, batch)``. Lines are
-    numbered from 1 at the file's start, also when ``source`` starts at a later checkpoint."""
+    numbered from 1 at the file's start, also when ``source`` starts at a later checkpoint.
+    A value the parser refuses raises a one-line :class:`DataError` naming its line (``locate``:
+    found by reading the file again; without it, the parser's own words)."""
     first = source.lines + 1
     invalid: list[pcsv.InvalidRow] = []
     types = types or {"label": pa.string(), **{c: pa.int64() for c in DENSE}, **{c: pa.string() for c in CATS}}
@@ -248,6 +255,18 @@ def _read(
         invalid.append(row)
         return "skip"
 
+    # A ragged row that is not UTF-8 cannot even be handed to on_invalid: pyarrow reports that
+    # through sys.unraisablehook (a traceback on stderr) and goes on. Say it in one line instead.
+    undecodable: list[BaseException] = []
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info: Any) -> None:
+        if isinstance(info.exc_value, UnicodeDecodeError) and info.object is on_invalid:
+            undecodable.append(info.exc_value)
+        else:
+            previous_hook(info)
+
+    sys.unraisablehook = unraisable
     try:
         reader = pcsv.open_csv(  # serial reading: the parser then numbers bad rows
             source,
@@ -264,8 +283,14 @@ def _read(
             _check_labels(path, line, batch.column(0))
             yield line, batch
             line += batch.num_rows
-    except pa.ArrowInvalid as err:  # an integer field that is not an integer: find which
+    except pa.ArrowInvalid as err:  # an integer field that is not an integer, or bytes that are not text
+        if not locate:
+            raise DataError(f"{path}: not Criteo text ({str(err).splitlines()[0]})") from None
         raise _locate(path, err) from None
+    finally:
+        sys.unraisablehook = previous_hook
+    if undecodable:
+        raise DataError(describe_undecodable(path))
     if invalid:
         row = invalid[0]
         where = f"line {first - 1 + row.number}" if row.number is not None else "a line"
@@ -291,11 +316,14 @@ def _show(text: str) -> str:
 
 
 def _locate(path: Path, err: pa.ArrowInvalid) -> DataError:
-    """Re-read ``path`` as text to name the line and column of a bad integer (error path only)."""
+    """Re-read ``path`` to name the line of bytes that are not UTF-8 text, or the line and column
+    of a bad integer (error path only)."""
+    if first_undecodable(path) is not None:  # binary data, or a broken byte: text columns refuse it
+        return DataError(describe_undecodable(path))
     text_types = {c: pa.string() for c in COLUMNS}
     integer = r"^\s*-?([0-9]{1,18}|0x[0-9a-fA-F]{1,15})\s*$"
     with TrackedFile(path) as source:
-        for line, batch in _read(path, source, text_types):
+        for line, batch in _read(path, source, text_types, locate=False):
             for j, name in enumerate(DENSE):
                 col = batch.column(1 + j)
                 ok = pc.fill_null(pc.or_kleene(pc.is_null(col), pc.match_substring_regex(col, integer)), True)
@@ -339,7 +367,17 @@ def _pass_one(
                         _count(batch, counters, texts, None if train is None else train == TRAIN)
                     rows += len(batch)
                 assert source.sha256 is not None  # hash_content=True
-                scans.append(_File(path, rows, source.bytes_read, source.sha256.hexdigest(), source.checkpoints))
+                scans.append(
+                    _File(
+                        path,
+                        rows,
+                        source.bytes_read,
+                        source.sha256.hexdigest(),
+                        source.checkpoints,
+                        partial=source.truncated,
+                        gzip=source.gzip,
+                    )
+                )
             total += rows
     return scans
 

@@ -8,6 +8,7 @@ Split codes are ``TRAIN`` / ``VAL`` / ``TEST`` (0 / 1 / 2). ``--val-fraction 0``
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import queue
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from recfunnel.data.format.manifest import SplitInfo
 from recfunnel.data.format.rows import Rows
 from recfunnel.data.format.shards import SplitWriter
+from recfunnel.data.prepare.text_files import GZIP_ERRORS, GZIP_MAGIC, gzip_error
 from recfunnel.errors import ConfigError, DataError
 from recfunnel.metrics.ranking import auc
 from recfunnel.metrics.ranking import log_loss as logloss
@@ -154,9 +156,12 @@ def progress(total: int, desc: str, quiet: bool, unit: str = "B") -> tqdm:
 class TrackedFile(io.RawIOBase):
     """A read-only binary file that hashes (sha256), counts lines and feeds a progress bar as it is read.
 
-    ``line_limit`` ends the stream after that many lines, so a reader sees exactly the first lines of
-    the file. ``checkpoints`` lists ``(byte offset, lines before it)`` at line starts, one per read,
-    so a later pass can seek close to any line. Hashing is optional (a second pass needs no hash).
+    Gzip data (Criteo's day files ship gzipped) is decompressed as it is read, never to disk;
+    offsets, lines and the hash are then of the decompressed text, the progress bar counts the
+    file's own bytes. ``line_limit`` ends the stream after that many lines, so a reader sees exactly
+    the first lines of the file (``truncated`` says it did). ``checkpoints`` lists ``(byte offset,
+    lines before it)`` at line starts, one per read, so a later pass can seek close to any line
+    (in gzip data, by decompressing up to it). Hashing is optional (a second pass needs no hash).
     """
 
     def __init__(
@@ -170,8 +175,17 @@ class TrackedFile(io.RawIOBase):
         bar: tqdm | None = None,
     ):
         super().__init__()
-        self._file: BinaryIO = open(path, "rb")
-        self._file.seek(start)
+        self.path = path
+        self._raw: BinaryIO = open(path, "rb")
+        self.gzip = self._raw.read(2) == GZIP_MAGIC
+        self._raw.seek(0)
+        self._file: BinaryIO = gzip.GzipFile(fileobj=self._raw) if self.gzip else self._raw  # type: ignore[assignment]
+        try:
+            self._file.seek(start)
+        except GZIP_ERRORS as err:
+            raise gzip_error(path, err) from None
+        self._raw_read = self._raw.tell()
+        self.truncated = False
         self.start = start
         self.offset = start
         self.lines = lines_before
@@ -187,9 +201,14 @@ class TrackedFile(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         if self._done:
             return b""
-        chunk = self._file.read(size)
+        try:
+            chunk = self._file.read(size)
+        except GZIP_ERRORS as err:
+            raise gzip_error(self.path, err) from None
         if self.line_limit is not None:
+            whole = len(chunk)
             chunk = self._cut(chunk)
+            self.truncated |= len(chunk) < whole
         if not chunk:
             self._done = True
             return b""
@@ -201,7 +220,9 @@ class TrackedFile(io.RawIOBase):
         if self.sha256 is not None:
             self.sha256.update(chunk)  # releases the GIL: overlaps with parsing on another thread
         if self.bar is not None:
-            self.bar.update(len(chunk))
+            raw = self._raw.tell()
+            self.bar.update(raw - self._raw_read)
+            self._raw_read = raw
         return chunk
 
     def readinto(self, buffer: Any) -> int:
@@ -226,6 +247,7 @@ class TrackedFile(io.RawIOBase):
 
     def close(self) -> None:
         self._file.close()
+        self._raw.close()
         super().close()
 
 

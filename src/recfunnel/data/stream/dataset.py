@@ -33,12 +33,13 @@ from recfunnel.compat.streaming import (
     epoch_work,
     rank_world,
     release_shared_memory,
+    shard_file,
 )
 from recfunnel.data.format.manifest import Manifest
 from recfunnel.data.format.rows import Rows
 from recfunnel.data.format.shards import decode_block
 from recfunnel.data.stream.window import BatchParts, Window, join, to_tensors
-from recfunnel.errors import DataError
+from recfunnel.errors import CorruptDataError, DataError
 
 __all__ = ["BlockStreamDataset", "EpochShare", "Pending", "remaining"]
 
@@ -164,6 +165,7 @@ class BlockStreamDataset(StreamingDataset):
         seed: int,
         window_blocks: int,
         drop_last: bool,
+        verify: bool = True,
         **kwargs: Any,
     ):
         super().__init__(
@@ -180,11 +182,16 @@ class BlockStreamDataset(StreamingDataset):
         self.rows_per_batch = batch_size
         self.window_blocks = window_blocks
         self.drop_last = drop_last
+        self.verify = verify
         self.block_rows = np.asarray(manifest.splits[split].block_rows(), dtype=np.int64)
         self._epoch = 0
         self._skip_batches: list[int] = [0]
         self._rotate = 0
         self.pending: tuple[int, Pending] | None = None  # (epoch, what is left of it) after a resharding
+        # Blocks whose checksum and ids passed: each is checked the first time this run reads it.
+        # DataLoader workers report theirs with their batches ("verified"), so later epochs skip them.
+        self.verified = np.zeros(len(self.block_rows), bool)
+        self._newly_verified: list[int] = []
 
     def close(self) -> None:
         release_shared_memory(self)
@@ -263,13 +270,31 @@ class BlockStreamDataset(StreamingDataset):
             yield window
 
     def _block(self, sample_id: int) -> Rows:
-        rows = decode_block(self[sample_id], self.manifest, where=f"{self.split_name} block")
+        where = f"{shard_file(self, sample_id)}: {self.split_name} block"
+        try:
+            sample = self[sample_id]
+        except Exception as e:  # the shard's own framing is damaged: streaming cannot even cut the sample out
+            raise CorruptDataError(
+                f"{where} {sample_id}: unreadable ({type(e).__name__}: {e}); the shard is corrupt"
+            ) from None
+        check = self.verify and not self.verified[sample_id]
+        rows = decode_block(sample, self.manifest, where=where, verify=check)
+        if check:
+            self.verified[sample_id] = True
+            self._newly_verified.append(sample_id)
         if len(rows) != self.block_rows[sample_id]:
             raise DataError(
                 f"{self.split_name} block {sample_id}: {len(rows)} rows, manifest.json says "
                 f"{self.block_rows[sample_id]}; the manifest does not match its shards"
             )
         return rows
+
+    def _tensors(self, parts: BatchParts, worker: int) -> dict[str, Any]:
+        """A batch's tensors, with the blocks verified since the last batch (for the loader's record)."""
+        out = to_tensors(parts, worker)
+        out["verified"] = np.array(self._newly_verified, np.int64)
+        self._newly_verified = []
+        return out
 
     def _batches(self, share: EpochShare, worker: int, skip_rows: int) -> Iterator[dict[str, Any]]:
         bs = self.rows_per_batch
@@ -285,7 +310,7 @@ class BlockStreamDataset(StreamingDataset):
             while held >= bs and emitted + bs <= total:
                 held -= bs
                 emitted += bs
-                yield to_tensors(_take(queue, bs), worker)
+                yield self._tensors(_take(queue, bs), worker)
         # Rank padding: fill up to the rows the busiest rank's same worker emits, with weight 0.
         missing = total - emitted - held
         if missing > 0:
@@ -295,7 +320,7 @@ class BlockStreamDataset(StreamingDataset):
             n = min(bs, total - emitted)
             held -= n
             emitted += n
-            yield to_tensors(_take(queue, n), worker)
+            yield self._tensors(_take(queue, n), worker)
 
 
 def _take(queue: list[Window], n: int) -> BatchParts:
