@@ -75,3 +75,14 @@ def test_setup_is_idempotent():
     done = subprocess.run(["bash", "scripts/setup.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "installing" not in done.stdout + done.stderr
+
+
+def test_a_missing_torchrec_is_one_line_saying_how_to_install_it(cli, monkeypatch):
+    import recfunnel.cli
+
+    def without_torchrec(argv):
+        raise ModuleNotFoundError("No module named 'torchrec'", name="torchrec")
+
+    monkeypatch.setattr(recfunnel.cli, "run", without_torchrec)
+    code, _, err = cli("train", "--model", "dlrm", "--data", "x", "--out", "y")
+    assert code == 2 and err.count("\n") == 1 and "torchrec is not installed; install the torch trio" in err

@@ -113,3 +113,22 @@ def test_a_killed_prepare_is_cleaned_up_by_the_next_one(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"removed {left[0]}" in done.stderr and f"left by process {child.pid}, which is gone" in done.stderr
     assert not left[0].exists() and (out / "manifest.json").is_file()
+
+
+def test_a_text_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from recfunnel.files import write_text_atomic
+
+    target = tmp_path / "sharding_plan.txt"
+    write_text_atomic(target, "old\n")
+
+    def disk_full(self, *args, **kwargs):
+        Path.write_bytes(self, b"ha")  # part of it written, then the disk fills up
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError):
+        write_text_atomic(target, "new\n")
+    monkeypatch.undo()
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["sharding_plan.txt"]

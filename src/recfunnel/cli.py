@@ -445,6 +445,15 @@ def run(argv: list[str] | None = None) -> int:
     return func(args)
 
 
+# TorchRec and fbgemm are installed by hand, not by pip's resolver (see pyproject.toml)
+TORCH_TRIO = ("torchrec", "fbgemm_gpu")
+INSTALL_TRIO = (
+    "install the torch trio first: pip install torch==2.13.0 fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 "
+    "torchmetrics==1.0.3 pyre-extensions, then pip install --no-deps torchrec==1.8.0 (on GPUs: fbgemm-gpu==1.8.0 "
+    "instead of fbgemm-gpu-cpu)"
+)
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated
 
@@ -460,7 +469,18 @@ def main(argv: list[str] | None = None) -> int:
         close_progress_bars()
         print(f"recfunnel: error: {err}", file=sys.stderr)
         return err.exit_code
+    except ModuleNotFoundError as err:
+        if err.name not in TORCH_TRIO:
+            raise
+        print(f"recfunnel: error: {err.name} is not installed; {INSTALL_TRIO}", file=sys.stderr)
+        return 2
     except OSError as err:  # a file or folder the system will not let us read or write
+        if "fbgemm_gpu" in str(err):  # the CUDA build of fbgemm-gpu on a machine without CUDA
+            print(
+                f"recfunnel: error: fbgemm-gpu cannot load here ({str(err).splitlines()[0][:120]}); {INSTALL_TRIO}",
+                file=sys.stderr,
+            )
+            return 2
         close_progress_bars()
         where = f"{err.filename}: " if err.filename else ""
         print(f"recfunnel: error: {where}{err.strerror or err}", file=sys.stderr)

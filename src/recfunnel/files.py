@@ -141,5 +141,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """``path`` holds ``text`` afterwards, or its old content if writing failed part-way."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

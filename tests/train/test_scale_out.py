@@ -238,3 +238,58 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(blocks256, tmp_path
     assert first["rows"] == second["rows"] == metrics["train"]["train_rows"]
     assert first["checksum"] == second["checksum"]
     assert 0.5 < metrics["test"]["auc"] <= 1
+
+
+def test_a_scheduler_rerunning_the_same_command_after_kills_ends_like_an_uninterrupted_run(tmp_path):
+    """What Databricks jobs or Kubernetes do after a preemption: run the same command again. SIGKILLed
+    at 10 random moments (before the first checkpoint, mid-epoch, while saving), the run ends with the
+    metrics of an uninterrupted one, every row seen once per epoch."""
+    import random
+
+    from recfunnel.cli import main
+
+    data = tmp_path / "ctr"
+    extra = ["--sparse", "6", "--dense", "3", "--interactions", "2", "--block-rows", "512"]
+    assert main(["prepare", "synthetic", "--rows", "8000", *extra, "--out", str(data), "--quiet"]) == 0
+    args = ["--set", "train.epochs=2", "--set", "train.batch_size=64", "--set", "train.checkpoint_every=4"]
+    train(data, tmp_path / "whole", *args)
+    run = tmp_path / "retried"
+    cmd = [
+        sys.executable,
+        "-m",
+        "recfunnel.cli",
+        "train",
+        "--model",
+        "dlrm",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--resume",
+        *QUICK,
+        *args,
+    ]
+    rng, shm_before, kills, after_checkpoint = random.Random(7), set(os.listdir("/dev/shm")), 0, 0
+    for _ in range(40):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=rng.uniform(1.0, 14.0) if kills < 10 else 600)
+            assert proc.returncode == 0, err.decode()[-2000:]
+            break
+        except subprocess.TimeoutExpired:
+            after_checkpoint += (run / "checkpoints" / "latest").exists()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            kills += 1
+            for name in set(os.listdir("/dev/shm")) - shm_before:  # what a killed run could not free
+                if name[:6].isdigit():
+                    Path("/dev/shm", name).unlink(missing_ok=True)
+    assert kills == 10 and after_checkpoint >= 3, (kills, after_checkpoint)
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    retried = json.loads((run / "metrics.json").read_text())
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert retried["train"]["epochs"] == whole["train"]["epochs"]  # rows and their checksum, per epoch
+    assert [e["rows"] for e in retried["train"]["epochs"]] == [whole["train"]["train_rows"]] * 2
+    assert retried["train"]["steps"] == whole["train"]["steps"]
+    for name, value in whole["test"].items():
+        assert retried["test"][name] == pytest.approx(value, abs=1e-6), name

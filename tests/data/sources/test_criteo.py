@@ -295,3 +295,37 @@ def test_prefetch_reraises_and_stops_its_thread():
     assert next(stream) == 0
     stream.close()  # the consumer stops early: the producer ends and closes its source
     assert closed == [True]
+
+
+def test_gzipped_days_are_read_as_they_are(run, tmp_path, small_blocks):
+    import gzip
+
+    plain = write_days(tmp_path, days=1, rows=600)[0]
+    zipped = tmp_path / "day_0.gz"
+    zipped.write_bytes(gzip.compress(plain.read_bytes()))
+    assert run("--input", plain, "--out", tmp_path / "plain", "--quiet")[0] == 0
+    assert run("--input", zipped, "--out", tmp_path / "zipped", "--quiet")[0] == 0
+    a, b = read_split(tmp_path / "plain", "train")[1], read_split(tmp_path / "zipped", "train")[1]
+    assert np.array_equal(a.sparse, b.sparse) and np.array_equal(a.dense, b.dense)
+    record = load_manifest(tmp_path / "zipped").source["files"][0]
+    assert record["gzip"] and record["rows"] == 600 and "partial" not in record
+    assert not list(tmp_path.glob("day_0.gz.*")) and not list(tmp_path.glob("*.tsv"))  # never unpacked to disk
+    zipped.write_bytes(zipped.read_bytes()[:2000])  # cut short
+    assert_failed_cleanly(run("--input", zipped, "--out", tmp_path / "cut"), tmp_path / "cut", "day_0.gz: damaged gzip")
+
+
+@pytest.mark.parametrize("damage", ["binary", "utf8"])
+def test_bytes_that_are_not_text_are_one_line_with_line_and_offset(run, tmp_path, damage):
+    path = write_days(tmp_path, days=1, rows=600)[0]
+    data = path.read_bytes()
+    if damage == "binary":
+        data = bytes(np.random.default_rng(1).integers(0, 256, 20_000, dtype=np.uint8))
+        where = "line 1"
+    else:
+        offset = data.index(b"\n", len(data) // 2) + 5
+        data = data[:offset] + b"\xff" + data[offset + 1 :]
+        newlines = data[:offset].count(b"\n")
+        where = f"line {newlines + 1} (byte {offset:,})"
+    path.write_bytes(data)
+    message = assert_failed_cleanly(run("--input", path, "--out", tmp_path / "out"), tmp_path / "out", "day_0")
+    assert where in message and "not utf-8 text" in message

@@ -287,3 +287,57 @@ def test_users_table_features_and_users_without_a_row(tmp_path):
     assert table.loc[7, "age"] == pytest.approx(0.0) and table.loc[1, "age"] == pytest.approx(1.0)
     plan = Vocab.load(tmp_path / "out" / "vocab", "plan")
     assert plan.decode(table["plan"].loc[[0, 1, 7]].to_numpy()).tolist() == ["free", "pro", "pro"]
+
+
+def test_ids_from_2_to_the_63_up_are_kept_exactly(tmp_path):
+    big = [2**63, 2**63 + 1, 2**64 - 1]
+    rows = "".join(f"{u},{i},4,{t}\n" for t, (u, i) in enumerate([(big[0], 1), (big[1], 2), (big[2], 1), (5, 2)] * 3))
+    manifest = prepare_interactions(
+        write(tmp_path, "user_id,item_id,rating,timestamp\n" + rows), tmp_path / "out", quiet=True
+    )
+    values = Vocab.load(tmp_path / "out" / "vocab", "user_id").values.tolist()
+    assert sorted(values) == sorted(str(v) for v in [*big, 5])  # exact, as text: no negative numbers
+    assert manifest.feature("user_id").cardinality == 5
+
+
+def test_a_column_named_twice_is_refused_naming_it(tmp_path, cli):
+    text = "user_id,item_id,rating,timestamp,rating\n" + "".join(
+        f"{u},{i},4,{u},3\n" for u in range(5) for i in range(3)
+    )
+    out = tmp_path / "out"
+    message = assert_failed_cleanly(
+        cli("prepare", "interactions", "--input", write(tmp_path, text), "--out", out), out, "data.csv"
+    )
+    assert "column 'rating' appears twice in the header (columns 3 and 5)" in message
+    frame = pd.DataFrame({"user_id": [1, 2], "item_id": [3, 4]})
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.table([frame["user_id"], frame["item_id"], frame["item_id"]], names=["user_id", "item_id", "item_id"]),
+        tmp_path / "dup.parquet",
+    )
+    message = assert_failed_cleanly(
+        cli("prepare", "interactions", "--input", tmp_path / "dup.parquet", "--out", out), out, "dup.parquet"
+    )
+    assert "column 'item_id' appears twice" in message
+
+
+def test_a_bad_byte_is_named_by_its_line_and_offset_also_gzipped(tmp_path, cli):
+    import gzip
+
+    text = "user_id,item_id,rating,timestamp\n" + "".join(f"{i % 97},{i % 31},4,{i}\n" for i in range(4000))
+    data = text.encode()
+    offset = sum(len(line) + 1 for line in data.split(b"\n")[:3001]) + 2  # inside line 3002 of the file
+    data = data[:offset] + b"\xe9" + data[offset + 1 :]
+    line = data[:offset].count(b"\n") + 1
+    for name, content in (("bad.csv", data), ("bad.csv.gz", gzip.compress(data))):
+        (tmp_path / name).write_bytes(content)
+        out = tmp_path / f"out-{name}"
+        message = assert_failed_cleanly(cli("prepare", "interactions", "--input", tmp_path / name, "--out", out), out)
+        assert f"{name} line {line} (byte {offset:,}): not utf-8 text (bytes e9)" in message
+    (tmp_path / "good.csv.gz").write_bytes(gzip.compress(text.encode()))
+    assert (
+        cli("prepare", "interactions", "--input", tmp_path / "good.csv.gz", "--out", tmp_path / "gz", "--quiet")[0] == 0
+    )
+    assert load_manifest(tmp_path / "gz").extra["rows"] == 4000

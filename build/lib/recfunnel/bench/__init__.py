@@ -1,0 +1,1 @@
+"""Benchmarks behind `recfunnel bench`; figures are quoted in the README."""

@@ -1,0 +1,188 @@
+"""How much each stage of the funnel adds, on a held-out split: most-popular, retrieval alone,
+retrieval + ranking, and + re-ranking, with the same metrics (recall@K, NDCG@K, ...) and the same
+exclusions (each user's training and validation items) as `recfunnel train` reports.
+
+    recfunnel evaluate --run TWO_TOWER_RUN --ranker RANKER_RUN [--index INDEX_DIR] [--json]
+
+Each variant's top-K lists go through :func:`recfunnel.metrics.retrieval.evaluate_topk` as scores
+that are -inf outside the list, so an item the funnel did not return is never a hit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recfunnel.config import TrackingConfig
+from recfunnel.data.format.pairs import read_pairs
+from recfunnel.errors import RecfunnelError
+from recfunnel.funnel.batch import recommend_users
+from recfunnel.funnel.pipeline import Funnel, FunnelConfig
+from recfunnel.metrics.retrieval import evaluate_topk
+from recfunnel.report import metric_header, table
+from recfunnel.store.model import MODEL_DIR
+from recfunnel.tracking.tracker import Tracker
+
+__all__ = ["evaluate_funnel", "print_funnel_evaluation", "log_funnel_evaluation"]
+
+
+def _lists(funnel: Funnel, users: np.ndarray, k: int) -> dict[int, np.ndarray]:
+    """User index -> item indices of the funnel's top ``k``, best first."""
+    rows = funnel.users.positions_of(users)
+    raw = funnel.users.raw_ids[rows].tolist()
+    out: dict[int, np.ndarray] = {}
+    item_index = pd.Series(funnel.items.index, index=funnel.items.raw_ids)
+    for frame in recommend_users(funnel, raw, k):
+        for user_id, group in frame.groupby("user_id", sort=False):
+            out[int(funnel.users.index[funnel.user_rows.get_loc(user_id)])] = item_index.loc[
+                group["item_id"]
+            ].to_numpy()
+    return out
+
+
+def _popular(funnel: Funnel, users: np.ndarray, k: int) -> dict[int, np.ndarray]:
+    out = {}
+    for u in users:
+        seen = funnel.interactions.seen(int(u))
+        out[int(u)] = funnel.popular[~np.isin(funnel.popular, seen)][:k]
+    return out
+
+
+def _metrics(
+    lists: dict[int, np.ndarray], pairs: tuple[np.ndarray, np.ndarray], n_items: int, ks: list[int]
+) -> dict[str, float]:
+    def score(users: np.ndarray) -> torch.Tensor:
+        scores = torch.full((len(users), n_items + 1), -torch.inf)
+        for row, u in enumerate(users):
+            items = lists.get(int(u), np.zeros(0, np.int64))
+            scores[row, torch.from_numpy(items)] = torch.arange(len(items), 0, -1, dtype=torch.float32)
+        return scores
+
+    return evaluate_topk(score, test_users=pairs[0], test_items=pairs[1], n_items=n_items, ks=ks)
+
+
+def run_data(run: str | Path, data: str | Path | None = None) -> Path:
+    """The dataset a run trained on (its metrics.json says), or ``data`` when given: evaluation
+    needs its held-out split (serving needs nothing of it)."""
+    if data is not None:
+        return Path(data)
+    run = Path(run)
+    folders = [run.parent] if run.name == MODEL_DIR else [run, run.parent]
+    for path in (folder / "metrics.json" for folder in folders):
+        if path.is_file():
+            recorded = Path(json.loads(path.read_text())["data"])
+            if recorded.is_dir():
+                return recorded
+            raise RecfunnelError(f"{path}: the run trained on {recorded}, which is not here; pass --data DIR")
+    raise RecfunnelError(f"{run}: no metrics.json saying which dataset it trained on; pass --data DIR")
+
+
+def evaluate_funnel(
+    run: str | Path,
+    ranker: str | Path | None = None,
+    index: str | Path | None = None,
+    split: str = "test",
+    ks: list[int] = (10, 20),
+    data: str | Path | None = None,
+    config: FunnelConfig | None = None,
+) -> dict[str, Any]:
+    """Metrics of each funnel variant on ``split`` of the run's dataset."""
+    funnel = Funnel.load(run, index=index, ranker=ranker, config=config)
+    pairs = read_pairs(run_data(run, data), split)
+    positive = pairs.labels > 0
+    users, items = pairs.users[positive], pairs.items[positive]
+    if not len(users):
+        raise RecfunnelError(f"{split}: no positive pairs to evaluate on")
+    ks = sorted(set(ks))
+    k = max(ks)
+    n_items = funnel.items.cardinality - 1
+    eval_users = np.unique(users)
+    variants = {"most_popular": None, "retrieval": funnel.variant(rank=False, rerank="none")}
+    if ranker is not None:
+        variants["retrieval+ranking"] = funnel.variant(rerank="none")
+    if funnel.config.rerank != "none" and funnel.diversity is not None:
+        variants["funnel"] = funnel  # + re-ranking
+    out: dict[str, Any] = {
+        "split": split,
+        "users": int(len(eval_users)),
+        "k": k,
+        "candidates": funnel.config.candidates,
+        "variants": {},
+    }
+    for name, variant in variants.items():
+        start = time.perf_counter()
+        lists = _popular(funnel, eval_users, k) if variant is None else _lists(variant, eval_users, k)
+        metrics = _metrics(lists, (users, items), n_items, ks)
+        metrics["seconds"] = round(time.perf_counter() - start, 2)
+        out["variants"][name] = metrics
+    return out
+
+
+def print_funnel_evaluation(result: dict[str, Any]) -> None:
+    names = {
+        "most_popular": "most-popular",
+        "retrieval": "retrieval (two-tower + index)",
+        "retrieval+ranking": "+ ranking",
+        "funnel": "+ ranking + re-ranking (MMR)",
+    }
+    ks = sorted({int(key.rsplit("_", 1)[1]) for m in result["variants"].values() for key in m if "_at_" in key})
+    cols = [f"{m}_at_{k}" for k in ks for m in ("recall", "ndcg")]
+    rows = [
+        [names.get(name, name)] + [m.get(c) for c in cols] + [m["seconds"]] for name, m in result["variants"].items()
+    ]
+    print(
+        table(
+            rows,
+            ["funnel"] + [metric_header(c) for c in cols] + ["seconds"],
+            title=f"{result['split']} split, {result['users']:,} users, top {result['k']} from "
+            f"{result['candidates']} candidates",
+        )
+    )
+
+
+def log_funnel_evaluation(
+    result: dict[str, Any], run: str | Path, ranker: str | Path | None, index: str | Path | None, config: FunnelConfig
+) -> str:
+    """The evaluation as an MLflow run named ``funnel`` beside the training runs; returns its id."""
+
+    def run_id(folder: str | Path | None) -> str:
+        record = Path(folder) / "mlflow.json" if folder else None
+        return json.loads(record.read_text())["run_id"] if record and record.is_file() else ""
+
+    with (
+        tempfile.TemporaryDirectory() as scratch,
+        Tracker.start(TrackingConfig(run_name="funnel"), run_dir=Path(scratch), quiet=True) as tracker,
+    ):
+        tracker.log_params(
+            {
+                "funnel": dataclasses.asdict(config),
+                "retriever_run": str(run),
+                "ranker_run": str(ranker or ""),
+                "index": str(index or "exact, in memory"),
+                "split": result["split"],
+            }
+        )
+        tracker.set_tags(
+            {
+                "recfunnel.model": "funnel",
+                "recfunnel.retriever_mlflow_run": run_id(run),
+                "recfunnel.ranker_mlflow_run": run_id(ranker),
+            }
+        )
+        tracker.log_metrics(
+            {
+                f"{variant.replace('+', '_plus_')}_{name}": value
+                for variant, metrics in result["variants"].items()
+                for name, value in metrics.items()
+                if name not in ("users", "pairs")
+            }
+        )
+        return tracker.run_id

@@ -1,0 +1,340 @@
+"""The recommendation funnel: retrieve from the index -> filter -> rank -> re-rank -> top k.
+
+    funnel = Funnel.load("runs/two-tower", index="index/", ranker="runs/dlrm")
+    result = funnel.recommend(user_id=196, k=10, exclude=[50])
+    result.items     # [(item_id, score), ...] best first
+    result.timings   # {"retrieve": ms, "filter": ms, "rank": ms, "rerank": ms}
+
+Every stage is optional (``FunnelConfig``): without a ranker the retrieval score orders the
+candidates; ``rerank: none`` keeps that order. A user the model never saw is embedded from the
+features the request gives (the user tower with its id unknown), or gets the most popular items.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from recfunnel.config import check, config_from_dict, with_overrides
+from recfunnel.data.format.catalog import Catalog
+from recfunnel.data.format.request_encoder import RequestEncoder
+from recfunnel.errors import ConfigError, RecfunnelError
+from recfunnel.funnel.inputs import UserFeatures, pair_inputs, tower_inputs, user_from_catalog, user_from_raw
+from recfunnel.funnel.rerank import mmr
+from recfunnel.retrieval.item_index import ItemIndex
+from recfunnel.store.interactions import load_interactions
+from recfunnel.store.model import Trained, load_trained
+
+__all__ = ["FunnelConfig", "Funnel", "Recommendation", "STAGES", "funnel_config"]
+
+STAGES = ("retrieve", "filter", "rank", "rerank")
+
+
+@dataclass
+class Rule:
+    """Keep or drop items by a categorical item feature's raw values."""
+
+    feature: str
+    include: list[str] = field(default_factory=list)  # keep only items with one of these values
+    exclude: list[str] = field(default_factory=list)  # drop items with any of these values
+
+    def validate(self, at: str = "rule") -> None:
+        check(bool(self.include) != bool(self.exclude), at, "one of include or exclude", self)
+
+
+@dataclass
+class FunnelConfig:
+    candidates: int = 200  # retrieved from the index, then filtered and ranked
+    exclude_seen: bool = True  # drop items the user interacted with in training
+    rules: list[Rule] = field(default_factory=list)
+    rank: bool = True  # rank candidates with the ranker, when one is given
+    rerank: str = "mmr"  # mmr | none
+    diversity_feature: str = "auto"  # item feature MMR diversifies over; auto: the first multi-hot one
+    mmr_lambda: float = 0.8  # 1 = relevance only, 0 = diversity only
+
+    def validate(self) -> None:
+        check(self.candidates >= 1, "candidates", "an integer >= 1", self.candidates)
+        check(self.rerank in ("mmr", "none"), "rerank", "mmr or none", self.rerank)
+        check(0 <= self.mmr_lambda <= 1, "mmr_lambda", "a number in [0, 1]", self.mmr_lambda)
+        for i, rule in enumerate(self.rules):
+            rule.validate(f"rules[{i}]")
+
+
+def funnel_config(file: str | Path | None = None, overrides: list[str] = ()) -> FunnelConfig:
+    """Defaults, then a YAML ``file``, then ``key=value`` overrides (``candidates=300``,
+    ``'rules=[{feature: genres, exclude: [Horror]}]'``)."""
+    data = {}
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"{path}: funnel config file not found")
+        data = yaml.safe_load(path.read_text()) or {}
+    return with_overrides(data, list(overrides), FunnelConfig)
+
+
+@dataclass
+class Recommendation:
+    items: list[tuple[Any, float]]  # (raw item id, score), best first
+    timings: dict[str, float]  # milliseconds per stage that ran
+    source: str  # "user" (known user), "features" (new user, feature-only tower), "popular"
+    warnings: list[str] = field(default_factory=list)
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+class Funnel:
+    def __init__(
+        self, retriever: Trained, index: ItemIndex, ranker: Trained | None = None, config: FunnelConfig | None = None
+    ):
+        self.config = config or FunnelConfig()
+        self.config.validate()
+        self.retriever, self.index, self.ranker = retriever, index, ranker
+        manifest = retriever.manifest
+        self.manifest = manifest
+        self.interactions = load_interactions(retriever.folder, manifest)  # seen items, popularity
+        self.users = Catalog.load(retriever.folder, manifest, "user")
+        self.items = Catalog.load(retriever.folder, manifest, "item")
+        self.encoder = RequestEncoder(manifest, retriever.folder)
+        self.user_key, self.item_key = manifest.roles["user"], manifest.roles["item"]
+        self.item_rows = pd.Index(self.items.raw_ids)  # raw item id -> catalogue row
+        self.user_rows = pd.Index(self.users.raw_ids)
+        self.tower = retriever.model.user_tower
+        if ranker is not None:
+            _check_same_features(retriever, ranker)
+        self.allowed = self._allowed_items()  # bool by item index: what the rules keep
+        self._ruled_out = int(len(self.items) - self.allowed[self.items.index].sum())
+        self.diversity = self._diversity_feature()
+        self._members: dict[str, np.ndarray] = {}
+        popularity = self.interactions.popularity
+        order = np.argsort(-popularity, kind="stable")
+        self.popular = order[(popularity[order] > 0) & self.allowed[order]]
+
+    @classmethod
+    def load(
+        cls,
+        run: str | Path,
+        index: str | Path | None = None,
+        ranker: str | Path | None = None,
+        config: FunnelConfig | dict | None = None,
+    ) -> Funnel:
+        """A two-tower run (folder, or its model folder), its index folder (built in memory, exact,
+        when None) and an optional ranker run trained on the same dataset."""
+        retriever = load_trained(run)
+        if not retriever.config.is_retrieval:
+            raise RecfunnelError(
+                f"{run}: a {retriever.kind} run cannot retrieve; --run takes a two-tower run "
+                f"(a ranker goes in --ranker)"
+            )
+        item_index = ItemIndex.build(retriever)[0] if index is None else ItemIndex.load(index)
+        ranked = load_trained(ranker) if ranker is not None else None
+        if ranked is not None and ranked.config.is_retrieval:
+            raise RecfunnelError(f"{ranker}: --ranker takes a dlrm, dcnv2 or deepfm run, not a two-tower one")
+        if isinstance(config, dict):
+            config = config_from_dict(FunnelConfig, config)
+        return cls(retriever, item_index, ranked, config)
+
+    def variant(self, **changes: Any) -> Funnel:
+        """The same models and index with some config fields changed (e.g. ``rank=False``); rules
+        cannot change here (they are compiled at load)."""
+        if "rules" in changes:
+            raise ConfigError("rules cannot change in a variant; load another Funnel")
+        other = copy.copy(self)
+        other.config = dataclasses.replace(self.config, **changes)
+        other.config.validate()
+        other.diversity = other._diversity_feature()
+        return other
+
+    # --- the request path ---------------------------------------------------------------------
+
+    def recommend(
+        self, user_id: Any = None, k: int = 10, exclude: list[Any] = (), features: dict[str, Any] | None = None
+    ) -> Recommendation:
+        timings, notes = {}, []
+        start = time.perf_counter()
+        user, source = self.user_of(user_id, features, notes)
+        if source == "popular":
+            keep = self.popular[~np.isin(self.popular, self.excluded_items(user, exclude, notes))][:k]
+            timings["retrieve"] = _ms(start)
+            scores = self.interactions.popularity[keep]
+            return Recommendation(self._raw(keep, scores), timings, source, notes)
+        query = self._embed(user)
+        excluded = self.excluded_items(user, exclude, notes)
+        scores, ids = self.index.vectors.search(query, self._fetch(len(excluded)))
+        timings["retrieve"] = _ms(start)
+        return self.finish(user, scores[0], ids[0], excluded, k, timings, source, notes)
+
+    def _fetch(self, excluded: int) -> int:
+        """Items to ask the index for: the candidates, plus as many as filtering may drop."""
+        return min(len(self.index.vectors), self.config.candidates + excluded + self._ruled_out)
+
+    def finish(
+        self,
+        user: UserFeatures,
+        scores: np.ndarray,
+        ids: np.ndarray,
+        excluded: np.ndarray,
+        k: int,
+        timings: dict[str, float],
+        source: str = "user",
+        notes: list[str] | None = None,
+    ) -> Recommendation:
+        """The stages after retrieval, for one user's retrieved (scores, raw ids)."""
+        start = time.perf_counter()
+        found = np.isfinite(scores)
+        ids, scores = ids[found], scores[found]
+        rows = self.item_rows.get_indexer(ids)
+        item_index = np.where(rows >= 0, self.items.index[np.maximum(rows, 0)], 0)
+        keep = self.allowed[item_index] & ~np.isin(item_index, excluded)
+        n = self.config.candidates
+        ids, scores, rows = ids[keep][:n], scores[keep][:n], rows[keep][:n]
+        timings["filter"] = _ms(start)
+        if self.ranker is not None and self.config.rank and len(ids):
+            start = time.perf_counter()
+            scores = self._rank(user, rows)
+            order = np.argsort(-scores, kind="stable")
+            ids, scores, rows = ids[order], scores[order], rows[order]
+            timings["rank"] = _ms(start)
+        if self.config.rerank == "mmr" and self.diversity is not None and len(ids) > 1:
+            start = time.perf_counter()
+            chosen = mmr(scores, self._genre_sets(rows), k, self.config.mmr_lambda)
+            ids, scores = ids[chosen], scores[chosen]
+            timings["rerank"] = _ms(start)
+        return Recommendation(
+            list(zip(ids[:k].tolist(), scores[:k].astype(float).tolist())), timings, source, notes or []
+        )
+
+    def similar_items(self, item_id: Any, k: int = 10) -> list[tuple[Any, float]]:
+        """The ``k`` items nearest to ``item_id`` in the index (itself left out)."""
+        row = self.item_rows.get_indexer([item_id])[0]
+        if row < 0:
+            raise KeyError(item_id)
+        dense, kjt = self.items.inputs(
+            np.array([row]), self.retriever.model.item_tower.sparse_keys, self.retriever.model.item_tower.dense_names
+        )
+        with torch.no_grad():
+            query = self.retriever.model.item_tower(dense, kjt).float().numpy()
+        scores, ids = self.index.vectors.search(query, min(len(self.index.vectors), k + 1))
+        out = [(i, float(s)) for i, s in zip(ids[0].tolist(), scores[0].tolist()) if i != item_id and np.isfinite(s)]
+        return out[:k]
+
+    # --- stages -------------------------------------------------------------------------------
+
+    def user_of(self, user_id: Any, features: dict[str, Any] | None, notes: list[str]) -> tuple[UserFeatures, str]:
+        row = self.user_rows.get_indexer([user_id])[0] if user_id is not None else -1
+        if row >= 0:
+            return user_from_catalog(self.users, row), "user"
+        if user_id is not None:
+            notes.append(
+                f"unknown user_id {user_id!r}: " + ("embedded from its features" if features else "most popular items")
+            )
+        if features:
+            user, problems = user_from_raw(self.manifest, self.encoder, features)
+            notes.extend(problems)
+            return user, "features"
+        return UserFeatures(), "popular"
+
+    def _embed(self, user: UserFeatures) -> np.ndarray:
+        dense, kjt = tower_inputs(user, self.user_key, self.tower.sparse_keys, self.tower.dense_names)
+        with torch.no_grad():
+            return self.tower(dense, kjt).float().numpy()
+
+    def excluded_items(self, user: UserFeatures, exclude: list[Any], notes: list[str]) -> np.ndarray:
+        """Item indices to leave out: the user's training items and the request's list."""
+        seen = self.interactions.seen(user.index) if self.config.exclude_seen else np.zeros(0, np.int64)
+        if not len(exclude):
+            return seen
+        rows = self.item_rows.get_indexer(list(exclude))
+        unknown = [e for e, r in zip(exclude, rows) if r < 0]
+        if unknown:
+            notes.append(f"unknown item ids in exclude, ignored: {unknown[:10]}")
+        return np.concatenate([seen, self.items.index[rows[rows >= 0]]])
+
+    def _rank(self, user: UserFeatures, rows: np.ndarray) -> np.ndarray:
+        dense, kjt = pair_inputs(self.ranker.manifest, user, self.items, rows)
+        with torch.no_grad():
+            logits = self.ranker.model(dense, kjt)
+        return torch.sigmoid(logits[:, 0]).float().numpy()
+
+    def _genre_sets(self, rows: np.ndarray) -> np.ndarray:
+        """0/1 float32 (len(rows), values): the diversity feature's values of catalogue rows (-1: none)."""
+        members = self._members.get(self.diversity)
+        if members is None:  # built once per feature: (items + 1, cardinality), the last row empty
+            lengths, values = self.items.multi[self.diversity]
+            members = np.zeros((len(self.items) + 1, self.manifest.feature(self.diversity).cardinality), np.float32)
+            members[np.repeat(np.arange(len(self.items)), lengths), values] = 1.0
+            self._members[self.diversity] = members
+        return members[rows]  # row -1 is the empty last row
+
+    def _raw(self, item_index: np.ndarray, scores: np.ndarray) -> list[tuple[Any, float]]:
+        rows = self.items.positions_of(item_index)
+        return [
+            (
+                self.items.raw_ids[r].item() if hasattr(self.items.raw_ids[r], "item") else self.items.raw_ids[r],
+                float(s),
+            )
+            for r, s in zip(rows, scores)
+            if r >= 0
+        ]
+
+    def _allowed_items(self) -> np.ndarray:
+        allowed = np.zeros(self.items.cardinality, bool)
+        allowed[self.items.index] = True
+        allowed[0] = False
+        for i, rule in enumerate(self.config.rules):
+            name = rule.feature
+            if name not in self.items.single and name not in self.items.multi:
+                raise ConfigError(
+                    f"rules[{i}].feature: {name!r} is not a categorical item feature; the items have "
+                    f"{sorted([*self.items.single, *self.items.multi])}"
+                )
+            wanted = self.encoder.indices(name, list(rule.include or rule.exclude))
+            if name in self.items.single:
+                hit = np.isin(self.items.single[name], wanted)
+            else:
+                lengths, values = self.items.multi[name]
+                owner = np.repeat(np.arange(len(self.items)), lengths)
+                hit = np.zeros(len(self.items), bool)
+                hit[owner[np.isin(values, wanted)]] = True
+            drop = ~hit if rule.include else hit
+            allowed[self.items.index[drop]] = False
+        return allowed
+
+    def _diversity_feature(self) -> str | None:
+        if self.config.rerank == "none":
+            return None
+        name = self.config.diversity_feature
+        if name == "auto":
+            return next(iter(self.items.multi), None)
+        if name not in self.items.multi:
+            raise ConfigError(
+                f"diversity_feature: {name!r} is not a multi-hot item feature; the items have "
+                f"{sorted(self.items.multi) or 'none'}"
+            )
+        return name
+
+
+def _check_same_features(retriever: Trained, ranker: Trained) -> None:
+    """The ranker must have been trained on the retriever's dataset (same vocabularies)."""
+    mine = {f.name: f.cardinality for f in retriever.manifest.sparse}
+    for f in ranker.manifest.sparse:
+        if f.name in mine and mine[f.name] != f.cardinality:
+            raise RecfunnelError(
+                f"--ranker: feature {f.name!r} has {f.cardinality} ids in the ranker's dataset and "
+                f"{mine[f.name]} in the two-tower's; train both on the same dataset"
+            )
+    missing = {ranker.manifest.roles.get("user"), ranker.manifest.roles.get("item")} - set(mine)
+    if missing - {None}:
+        raise RecfunnelError(
+            f"--ranker: the ranker uses {sorted(missing - {None})}, which the two-tower's dataset lacks"
+        )

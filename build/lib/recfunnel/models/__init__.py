@@ -1,0 +1,1 @@
+"""Models: single-device and loss-free. Rankers return logits, towers return embeddings."""

@@ -1,0 +1,140 @@
+"""ASGI middleware of the service: a bounded JSON body, and a count and latency of every request.
+
+Both are plain ASGI (not Starlette's ``BaseHTTPMiddleware``), so they see every request, including
+those answered before routing (413, 415) and those that end in an exception (counted as 500).
+"""
+
+from __future__ import annotations
+
+import time
+from email.message import Message as _ContentType
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from recfunnel.serve.metrics import Metrics
+
+__all__ = ["BodyLimit", "RequestMetrics"]
+
+_WITH_BODY = ("POST", "PUT", "PATCH")
+DRAIN_BYTES = 1 << 20
+
+
+class BodyLimit:
+    """Reads a request's body before the app does: at most ``max_bytes`` kept (413 beyond, whether
+    the client declared a ``Content-Length`` or streams it chunked) and only JSON (415 for a
+    non-empty body of another content type). The app gets the body replayed.
+
+    A refused body's rest is read and dropped, up to ``DRAIN_BYTES``, before the 413 goes out:
+    closing a connection with unread bytes makes the kernel reset it, and the client may then lose
+    the answer. A body declared larger than that is refused without reading a byte."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _WITH_BODY:
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await _reply(scope, receive, send, 400, f"Content-Length: not a byte count: {declared!r}")
+            if int(declared) > self.max_bytes:
+                if int(declared) <= DRAIN_BYTES and not await _drain(receive):
+                    return
+                return await _reply(
+                    scope, receive, send, 413, f"body is {int(declared):,} bytes; the limit is {self.max_bytes:,}"
+                )
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away: nobody to answer
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                if more and not await _drain(receive):
+                    return
+                return await _reply(scope, receive, send, 413, f"body is over the limit of {self.max_bytes:,} bytes")
+        if body and not _is_json(headers.get("content-type")):
+            return await _reply(
+                scope,
+                receive,
+                send,
+                415,
+                f"Content-Type: expected application/json, got {headers.get('content-type') or 'none'}",
+            )
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+
+async def _drain(receive: Receive) -> bool:
+    """Read and drop the rest of a body, up to DRAIN_BYTES; False if the client went away."""
+    dropped, more = 0, True
+    while more and dropped <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return False
+        dropped += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    return True
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    parsed = _ContentType()
+    parsed["content-type"] = content_type
+    subtype = parsed.get_content_subtype()
+    return parsed.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` once, then waits on the client (for its disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _reply(scope: Scope, receive: Receive, send: Send, status: int, error: str) -> None:
+    # the unread rest of a refused body makes the connection unusable: say it will close
+    headers = {"connection": "close"} if status == 413 else None
+    await JSONResponse({"error": error}, status_code=status, headers=headers)(scope, receive, send)
+
+
+class RequestMetrics:
+    """Times every HTTP request, from its arrival to the end of the response, into ``metrics``,
+    labelled by the matched route's template (``/similar-items/{item_id}``). A request that matched
+    no route is labelled by its path when that is one of ``paths``, else ``unmatched``."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, paths: frozenset[str] = frozenset()) -> None:
+        self.app, self.metrics, self.paths = app, metrics, paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500  # unless a response starts: an exception escaped the app
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            if route is None:
+                route = scope["path"] if scope["path"] in self.paths else "unmatched"
+            self.metrics.observe(route, scope["method"], status, time.perf_counter() - start)

@@ -1,0 +1,91 @@
+"""A trained model as a self-contained folder that loads back on one process, without the data
+(the layout is in :mod:`recfunnel.store`).
+
+    save_model(run / "model", config, manifest, state_dict, data="data/ml-100k")
+    trained = load_trained(run)          # a run folder or its model folder
+    trained.model(dense, kjt)            # in eval mode, on the CPU
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from recfunnel.config import RunConfig, config_from_dict
+from recfunnel.data.format.manifest import Manifest, load_manifest
+from recfunnel.errors import RecfunnelError
+from recfunnel.files import atomic_output_dir
+from recfunnel.models.ranker import build_ranker
+from recfunnel.models.two_tower import build_two_tower
+from recfunnel.store.interactions import save_interactions
+
+__all__ = ["MODEL_DIR", "Trained", "build_model", "save_model", "load_trained", "model_folder"]
+
+MODEL_DIR = "model"
+
+
+def build_model(config: RunConfig, manifest: Manifest, device: torch.device | str | None = None) -> nn.Module:
+    """The config's model for this dataset, embedding tables on ``device`` (``"meta"`` for DMP)."""
+    device = torch.device(device) if device is not None else None
+    if config.is_retrieval:
+        return build_two_tower(manifest, config.model, device=device)
+    return build_ranker(config.model_kind, manifest, config.model, device=device)
+
+
+def save_model(
+    folder: str | Path, config: RunConfig, manifest: Manifest, state: dict[str, torch.Tensor], data: str | Path
+) -> Path:
+    """Write the model folder from the weights ``state`` and the dataset ``data`` it trained on,
+    atomically (a temp folder renamed into place, replacing an older one only once complete)."""
+    data = Path(data)
+    with atomic_output_dir(folder, overwrite=True) as tmp:
+        torch.save({"model_kind": config.model_kind, "state_dict": state}, tmp / "model.pt")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        manifest.save(tmp)
+        if (data / "vocab").is_dir():
+            shutil.copytree(data / "vocab", tmp / "vocab")
+        for table in ("users.parquet", "items.parquet"):
+            if config.is_retrieval and (data / table).is_file():
+                shutil.copy2(data / table, tmp / table)
+        if manifest.kind == "interactions":
+            save_interactions(tmp, data, manifest)
+    return Path(folder)
+
+
+@dataclass
+class Trained:
+    config: RunConfig
+    manifest: Manifest
+    model: nn.Module  # in eval mode, on the CPU
+    folder: Path  # the model folder
+
+    @property
+    def kind(self) -> str:
+        return self.config.model_kind
+
+
+def model_folder(folder: str | Path) -> Path:
+    """The model folder of a run folder, or ``folder`` itself when it is a model folder."""
+    folder = Path(folder)
+    if (folder / MODEL_DIR / "model.pt").is_file():
+        folder = folder / MODEL_DIR
+    if not (folder / "model.pt").is_file():
+        raise RecfunnelError(f"{folder}: no trained model (model.pt); is it a run folder of `recfunnel train`?")
+    return folder
+
+
+def load_trained(folder: str | Path) -> Trained:
+    """A model folder (``RUN_DIR/model``) or a run folder holding one, loaded on the CPU."""
+    folder = model_folder(folder)
+    config = config_from_dict(RunConfig, yaml.safe_load((folder / "config.yaml").read_text()))
+    manifest = load_manifest(folder)
+    saved = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    model = build_model(config, manifest, device="cpu")
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return Trained(config, manifest, model, folder)

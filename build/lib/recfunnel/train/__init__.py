@@ -1,0 +1,1 @@
+"""Training: tasks (losses), the DMP-wrapped model and its optimizers, the loop, evaluation, tracking."""
