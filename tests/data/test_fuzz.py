@@ -17,8 +17,8 @@ import pytest
 from recfunnel.cli import main
 from recfunnel.data.format.manifest import load_manifest
 
-QUICK_CASES = int(os.environ.get("FUZZ_CASES", 240))
-LONG_CASES = 2400
+QUICK_CASES = int(os.environ.get("FUZZ_CASES", 300))
+LONG_CASES = 3000
 NASTY = [
     "",
     "nan",

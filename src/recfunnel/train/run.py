@@ -175,10 +175,12 @@ def _no_config_file(config_file: str | Path | None) -> None:
 
 
 def finished(out: str | Path) -> bool:
-    """Whether the run folder holds a finished run (its status.json says so; before status files
-    existed, its metrics.json did)."""
+    """Whether the run folder holds a finished run: its metrics.json, and a status.json that says
+    so (runs from before status files existed have only the former)."""
+    if not (Path(out) / METRICS).is_file():
+        return False
     status = read_status(out)
-    return status.get("state") == "finished" if status else (Path(out) / METRICS).is_file()
+    return status.get("state") == "finished" if status else True
 
 
 def read_status(out: str | Path) -> dict[str, Any]:
