@@ -270,21 +270,32 @@ def test_a_scheduler_rerunning_the_same_command_after_kills_ends_like_an_uninter
         *args,
     ]
     rng, shm_before, kills, after_checkpoint = random.Random(7), set(os.listdir("/dev/shm")), 0, 0
-    for _ in range(40):
+    pointer = run / "checkpoints" / "latest"
+
+    def step_saved() -> str:
+        return pointer.read_text() if pointer.exists() else ""
+
+    while True:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            _, err = proc.communicate(timeout=rng.uniform(1.0, 14.0) if kills < 10 else 600)
+        if kills == 10:  # the scheduler's last try is left alone
+            _, err = proc.communicate(timeout=600)
             assert proc.returncode == 0, err.decode()[-2000:]
             break
-        except subprocess.TimeoutExpired:
-            after_checkpoint += (run / "checkpoints" / "latest").exists()
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            kills += 1
-            for name in set(os.listdir("/dev/shm")) - shm_before:  # what a killed run could not free
-                if name[:6].isdigit():
-                    Path("/dev/shm", name).unlink(missing_ok=True)
-    assert kills == 10 and after_checkpoint >= 3, (kills, after_checkpoint)
+        # half the kills at a random moment of start-up or training, half just after the next
+        # checkpoint is complete (sometimes while the one after it is being written)
+        seen, deadline = step_saved(), time.monotonic() + (rng.uniform(0.5, 6.0) if kills % 2 else 300)
+        while proc.poll() is None and time.monotonic() < deadline and (kills % 2 or step_saved() == seen):
+            time.sleep(0.01)
+        time.sleep(0 if kills % 2 else rng.uniform(0.0, 0.3))
+        assert proc.poll() is None, f"the run ended before kill {kills + 1}: {proc.communicate()[1].decode()[-2000:]}"
+        after_checkpoint += pointer.exists()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        kills += 1
+        for name in set(os.listdir("/dev/shm")) - shm_before:  # what a killed run could not free
+            if name[:6].isdigit():
+                Path("/dev/shm", name).unlink(missing_ok=True)
+    assert kills == 10 and after_checkpoint >= 5, (kills, after_checkpoint)
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     retried = json.loads((run / "metrics.json").read_text())
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
