@@ -1,1 +1,0 @@
-"""Benchmarks behind `recfunnel bench`; figures are quoted in the README."""

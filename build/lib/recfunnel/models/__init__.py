@@ -1,1 +1,0 @@
-"""Models: single-device and loss-free. Rankers return logits, towers return embeddings."""

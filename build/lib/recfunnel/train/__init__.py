@@ -1,1 +1,0 @@
-"""Training: tasks (losses), the DMP-wrapped model and its optimizers, the loop, evaluation, tracking."""
