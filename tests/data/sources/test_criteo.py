@@ -9,7 +9,7 @@ import pytest
 import recfunnel.cli
 from recfunnel.data.format.manifest import load_manifest
 from recfunnel.data.format.vocab import Vocab, hash_encode
-from recfunnel.data.sources import criteo
+from recfunnel.data.sources import criteo, criteo_text
 from tests.data.readback import assert_failed_cleanly, read_split
 
 
@@ -23,7 +23,7 @@ def run(cli, monkeypatch):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Parse 4 KB at a time, so a file spans many batches and line checkpoints."""
-    monkeypatch.setattr(criteo, "READ_BLOCK", 4096)
+    monkeypatch.setattr(criteo_text, "READ_BLOCK", 4096)
 
 
 def line(position: int, rng: np.random.Generator, cat0: str | None = None) -> str:
@@ -71,7 +71,7 @@ def test_ordered_split_keeps_time_order_and_transforms_dense(run, tmp_path, smal
     int5 = np.array([float(r[6] or 0) for r in raw])
     assert np.allclose(got["test"].dense[:, 5], np.log1p(int5), atol=1e-6)  # missing -> 0
     assert np.array_equal(got["test"].labels[:, 0], [float(r[0]) for r in raw])
-    assert [f.name for f in m.dense] == criteo.DENSE and all(f.transform == "log1p" for f in m.dense)
+    assert [f.name for f in m.dense] == criteo_text.DENSE and all(f.transform == "log1p" for f in m.dense)
 
 
 def test_vocabulary_counts_only_training_rows(run, tmp_path, small_blocks):
@@ -134,7 +134,7 @@ def test_random_split_depends_on_seed_and_position_only(run, tmp_path, monkeypat
     files = write_days(tmp_path)
     split_of = {}
     for name, block in (("a", 4096), ("b", 1 << 20)):
-        monkeypatch.setattr(criteo, "READ_BLOCK", block)
+        monkeypatch.setattr(criteo_text, "READ_BLOCK", block)
         out = tmp_path / name
         assert run("--input", *files, "--out", out, "--split", "random", "--seed", "1", "--quiet")[0] == 0
         split_of[name] = {s: sorted(positions(read_split(out, s)[1])) for s in ("train", "val", "test")}

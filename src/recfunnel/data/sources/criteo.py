@@ -19,23 +19,19 @@ values seen only in val/test, share index 0), or ``--hash-buckets N``: index 1 +
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
 
 from recfunnel.data.format.manifest import DenseFeature, Label, Manifest, SparseFeature, SplitInfo
 from recfunnel.data.format.rows import Rows
 from recfunnel.data.format.shards import check_output
 from recfunnel.data.format.vocab import Vocab, hash_encode
-from recfunnel.data.prepare.text_files import describe_undecodable, first_undecodable
+from recfunnel.data.sources.criteo_text import CATS, DENSE, LAYOUT, read_batches
 from recfunnel.data.sources.ctr_common import (
     TRAIN,
     KeyCounter,
@@ -58,11 +54,6 @@ from recfunnel.files import atomic_output_dir
 __all__ = ["HELP", "add_arguments", "run", "prepare_criteo"]
 
 HELP = "Criteo click logs (TSV: label, 13 integer, 26 categorical), streamed in two passes"
-DENSE = [f"int_{i}" for i in range(13)]
-CATS = [f"cat_{i}" for i in range(26)]
-COLUMNS = ["label"] + DENSE + CATS
-LAYOUT = "label, 13 integer, 26 categorical, tab-separated"
-READ_BLOCK = 32 << 20  # bytes parsed at once: ~130k Criteo rows
 DEFAULT_MIN_COUNT = 10
 
 
@@ -240,108 +231,6 @@ class _Plan:
         return {**out, "rows": {name: info.rows for name, info in splits.items()}}
 
 
-def _read(
-    path: Path, source: TrackedFile, types: dict[str, pa.DataType] | None = None, locate: bool = True
-) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """Checked batches of a Criteo file as ``(line number of the first row, batch)``. Lines are
-    numbered from 1 at the file's start, also when ``source`` starts at a later checkpoint.
-    A value the parser refuses raises a one-line :class:`DataError` naming its line (``locate``:
-    found by reading the file again; without it, the parser's own words)."""
-    first = source.lines + 1
-    invalid: list[pcsv.InvalidRow] = []
-    types = types or {"label": pa.string(), **{c: pa.int64() for c in DENSE}, **{c: pa.string() for c in CATS}}
-
-    def on_invalid(row: pcsv.InvalidRow) -> str:
-        invalid.append(row)
-        return "skip"
-
-    # A ragged row that is not UTF-8 cannot even be handed to on_invalid: pyarrow reports that
-    # through sys.unraisablehook (a traceback on stderr) and goes on. Say it in one line instead.
-    undecodable: list[BaseException] = []
-    previous_hook = sys.unraisablehook
-
-    def unraisable(info: Any) -> None:
-        if isinstance(info.exc_value, UnicodeDecodeError) and info.object is on_invalid:
-            undecodable.append(info.exc_value)
-        else:
-            previous_hook(info)
-
-    sys.unraisablehook = unraisable
-    try:
-        reader = pcsv.open_csv(  # serial reading: the parser then numbers bad rows
-            source,
-            read_options=pcsv.ReadOptions(column_names=COLUMNS, block_size=READ_BLOCK, use_threads=False),
-            parse_options=pcsv.ParseOptions(
-                delimiter="\t", quote_char=False, ignore_empty_lines=False, invalid_row_handler=on_invalid
-            ),
-            convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=True),
-        )
-        line = first
-        for batch in reader:
-            if invalid:
-                break
-            _check_labels(path, line, batch.column(0))
-            yield line, batch
-            line += batch.num_rows
-    except pa.ArrowInvalid as err:  # an integer field that is not an integer, or bytes that are not text
-        if not locate:
-            raise DataError(f"{path}: not Criteo text ({str(err).splitlines()[0]})") from None
-        raise _locate(path, err) from None
-    finally:
-        sys.unraisablehook = previous_hook
-    if undecodable:
-        raise DataError(describe_undecodable(path))
-    if invalid:
-        row = invalid[0]
-        where = f"line {first - 1 + row.number}" if row.number is not None else "a line"
-        raise DataError(f"{path} {where}: {row.actual_columns} fields, expected 40 ({LAYOUT})")
-
-
-def _check_labels(path: Path, line: int, label: pa.Array) -> None:
-    ok = pc.fill_null(pc.is_in(label, value_set=pa.array(["0", "1"])), False).to_numpy(zero_copy_only=False)
-    if not ok.all():
-        i = int(np.flatnonzero(~ok)[0])
-        value = label[i].as_py()
-        shown = "is empty" if value is None else _show(value)
-        raise DataError(f"{path} line {line + i}: label {shown}, expected 0 or 1")
-
-
-def _show(text: str) -> str:
-    """A field for an error message: numbers as they are (nan, 1.5, 2), other text quoted."""
-    try:
-        float(text)
-        return text.strip()
-    except ValueError:
-        return repr(text)
-
-
-def _locate(path: Path, err: pa.ArrowInvalid) -> DataError:
-    """Re-read ``path`` to name the line of bytes that are not UTF-8 text, or the line and column
-    of a bad integer (error path only)."""
-    if first_undecodable(path) is not None:  # binary data, or a broken byte: text columns refuse it
-        return DataError(describe_undecodable(path))
-    text_types = {c: pa.string() for c in COLUMNS}
-    integer = r"^\s*-?([0-9]{1,18}|0x[0-9a-fA-F]{1,15})\s*$"
-    with TrackedFile(path) as source:
-        for line, batch in _read(path, source, text_types, locate=False):
-            for j, name in enumerate(DENSE):
-                col = batch.column(1 + j)
-                ok = pc.fill_null(pc.or_kleene(pc.is_null(col), pc.match_substring_regex(col, integer)), True)
-                bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
-                if len(bad):
-                    value = col[int(bad[0])].as_py()
-                    hint = (
-                        " (NaN and infinity are not counts)"
-                        if value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")
-                        else ""
-                    )
-                    return DataError(
-                        f"{path} line {line + int(bad[0])}: column {name} is {_show(value)}, "
-                        f"expected an integer or empty{hint}"
-                    )
-    return DataError(f"{path}: not Criteo TSV ({str(err).splitlines()[0]})")
-
-
 def _pass_one(
     files: list[Path],
     max_rows: int | None,
@@ -361,7 +250,7 @@ def _pass_one(
                 break
             with TrackedFile(path, line_limit=limit, hash_content=True, bar=bar) as source:
                 rows = 0
-                for line, batch in prefetch(_read(path, source)):
+                for line, batch in prefetch(read_batches(path, source)):
                     if counters is not None:  # ordered: count every row, subtract val/test later
                         train = None if plan.kind == "ordered" else plan.random_codes(total + line - 1, len(batch))
                         _count(batch, counters, texts, None if train is None else train == TRAIN)
@@ -417,7 +306,7 @@ def _subtract_tail(
                 continue
             offset, lines = max(((o, n) for o, n in scan.checkpoints if n <= max(skip, 0)), key=lambda c: c[1])
             with TrackedFile(scan.path, start=offset, lines_before=lines, line_limit=scan.rows, bar=bar) as source:
-                for line, batch in prefetch(_read(scan.path, source)):
+                for line, batch in prefetch(read_batches(scan.path, source)):
                     first = max(skip - (line - 1), 0)  # rows of this batch still in train
                     if first < len(batch):
                         _count(batch.slice(first), counters, texts, None, sign=-1)
@@ -470,7 +359,7 @@ def _pass_two(scans: list[_File], plan: _Plan, encode: _Encoder, writers: SplitW
         for scan in scans:
             rows = 0
             with TrackedFile(scan.path, line_limit=scan.rows, bar=bar) as source:
-                for line, batch in prefetch(_read(scan.path, source)):
+                for line, batch in prefetch(read_batches(scan.path, source)):
                     position = start + line - 1
                     encoded = encode(batch)
                     if plan.kind == "random":
