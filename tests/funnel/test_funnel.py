@@ -231,3 +231,24 @@ def test_cold_start_features_that_cannot_be_used_are_reported(funnel):
     assert rec.source == "features" and any("features.segment: 99.0 is not a known value" in w for w in rec.warnings)
     with pytest.raises(RecfunnelError, match="features.segment: expected one value"):
         funnel.recommend(user_id=None, k=3, features={"segment": [1.0, 2.0]})
+
+
+def test_batched_requests_get_what_each_gets_alone(funnel):
+    """recommend_many (one tower call, one search, one ranker call for all) == recommend one by one,
+    over a mix of known users with and without exclusions, a new user by features, an unknown id
+    and no user at all."""
+    from recfunnel.funnel.pipeline import Request
+
+    users = [u.item() for u in funnel.users.raw_ids[:12]]
+    feature = funnel.manifest.roles["user_features"][0]
+    requests = [Request(u, k=3 + i % 5) for i, u in enumerate(users)]
+    requests[2].exclude = [funnel.items.raw_ids[0].item(), 987654]
+    requests += [Request(None, 4), Request(123456789, 4), Request(None, 5, features={feature: 1})]
+    batched = funnel.recommend_many(requests)
+    alone = [funnel.recommend(r.user_id, r.k, r.exclude, r.features) for r in requests]
+    assert {b.source for b in batched} == {"user", "popular", "features"}
+    for b, a in zip(batched, alone):
+        assert [i for i, _ in b.items] == [i for i, _ in a.items] and len(b.items) == len(a.items) > 0
+        assert np.allclose([s for _, s in b.items], [s for _, s in a.items], rtol=1e-5, atol=1e-6)
+        assert (b.source, b.warnings, b.batch) == (a.source, a.warnings, len(requests))
+    assert funnel.recommend_many([]) == []

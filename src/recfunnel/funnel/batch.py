@@ -3,9 +3,10 @@
     recfunnel recommend --run RUN_DIR [--ranker RANKER_RUN_DIR] --k 100 --out recs.parquet [--users FILE]
     -> user_id, rank (1 = best), item_id, score
 
-Known users are embedded and searched in chunks (one index search per chunk); filtering, ranking
-and re-ranking then run per user, exactly as for an online request. Unknown users in ``--users``
-get what a request for them gets (most popular items). With ``--spark`` the users are spread over
+Users go through the funnel in chunks (:meth:`Funnel.recommend_many`: one user-tower call, one
+index search and one ranker call per chunk; filtering and re-ranking per user), exactly as online
+requests batched together. Unknown users in ``--users`` get what a request for them gets (most
+popular items). With ``--spark`` the users are spread over
 Spark tasks, each loading the funnel once (:mod:`recfunnel.funnel.batch_spark`).
 """
 
@@ -24,8 +25,7 @@ import torch
 from tqdm import tqdm
 
 from recfunnel.errors import DataError, RecfunnelError
-from recfunnel.funnel.inputs import user_from_catalog
-from recfunnel.funnel.pipeline import Funnel, FunnelConfig
+from recfunnel.funnel.pipeline import Funnel, FunnelConfig, Request
 
 __all__ = ["recommend_users", "recommend_to_file", "read_users", "as_catalogue_ids", "check_output", "summary"]
 
@@ -77,23 +77,11 @@ def _recommend_users(funnel: Funnel, users: list[Any] | None, k: int, show: bool
         np.arange(len(funnel.users)) if users is None else funnel.user_rows.get_indexer(as_catalogue_ids(funnel, users))
     )
     raw = funnel.users.raw_ids if users is None else np.asarray(as_catalogue_ids(funnel, users), dtype=object)
-    tower = funnel.tower
     bar = tqdm(total=len(rows), desc="recommend", unit="user", disable=not show, leave=False, dynamic_ncols=True)
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start : start + CHUNK]
-        known = np.flatnonzero(chunk >= 0)
-        results: dict[int, list[tuple[Any, float]]] = {}
-        if len(known):
-            dense, kjt = funnel.users.inputs(chunk[known], tower.sparse_keys, tower.dense_names)
-            with torch.no_grad():
-                queries = tower(dense, kjt).float().numpy()
-            people = [user_from_catalog(funnel.users, int(r)) for r in chunk[known]]
-            excluded = [funnel.excluded_items(p, [], []) for p in people]
-            scores, ids = funnel.index.vectors.search(queries, funnel._fetch(max(map(len, excluded))))
-            for j, i in enumerate(known):
-                results[i] = funnel.finish(people[j], scores[j], ids[j], excluded[j], k, {}).items
-        for i in np.flatnonzero(chunk < 0):
-            results[i] = funnel.recommend(user_id=raw[start + i], k=k).items
+        answers = funnel.recommend_many([Request(raw[start + i], k) for i in range(len(chunk))])
+        results = {i: answer.items for i, answer in enumerate(answers)}
         user_col, rank_col, item_col, score_col = [], [], [], []
         for i in range(len(chunk)):
             items = results[i]

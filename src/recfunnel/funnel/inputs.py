@@ -1,5 +1,6 @@
-"""Model inputs for the funnel: a user (from the catalogue, or raw features of a new user) alone for
-the user tower, or beside candidate items for a ranker.
+"""Model inputs for the funnel: users (from the catalogue, or raw features of new users) alone for
+the user tower, or beside their candidate items for a ranker; several users at once, so that a
+batch of requests goes through each model in one call.
 
 A ranker was trained on rows that joined a user's features with an item's; here each candidate
 row is rebuilt the same way from the user and item catalogues (encoded as in the shards).
@@ -81,22 +82,29 @@ def user_from_raw(
     return out, notes
 
 
-def _sparse_of(user: UserFeatures, user_key: str, key: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(lengths, values) of ``key`` for ``n`` rows of the same user."""
+def _user_ids(user: UserFeatures, user_key: str, key: str) -> np.ndarray:
+    """The ids of ``key`` for one user (its id's index for the id feature; OOV when unknown)."""
     if key == user_key:
-        ids = np.array([user.index], np.int64)
-    else:
-        ids = user.sparse.get(key, np.array([0], np.int64))
-    return np.full(n, len(ids), np.int32), np.tile(ids, n)
+        return np.array([user.index], np.int64)
+    return user.sparse.get(key, np.array([0], np.int64))
+
+
+def _repeated(users: list[UserFeatures], user_key: str, key: str, counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, values) of user feature ``key``, each user's ids repeated on ``counts[u]`` rows."""
+    ids = [_user_ids(u, user_key, key) for u in users]
+    lengths = np.repeat(np.array([len(i) for i in ids], np.int32), counts)
+    values = np.concatenate([np.tile(i, n) for i, n in zip(ids, counts)]) if ids else np.zeros(0, np.int64)
+    return lengths, values
 
 
 def tower_inputs(
-    user: UserFeatures, user_key: str, sparse_keys: list[str], dense_names: list[str]
+    users: list[UserFeatures], user_key: str, sparse_keys: list[str], dense_names: list[str]
 ) -> tuple[torch.Tensor, KeyedJaggedTensor]:
-    """The user tower's inputs for one user."""
-    parts = [_sparse_of(user, user_key, key, 1) for key in sparse_keys]
-    dense = torch.tensor([[user.dense.get(name, 0.0) for name in dense_names]], dtype=torch.float32)
-    return dense, _kjt(sparse_keys, parts, 1)
+    """The user tower's inputs for ``users``, one row each."""
+    ones = [1] * len(users)
+    parts = [_repeated(users, user_key, key, ones) for key in sparse_keys]
+    dense = torch.tensor([[u.dense.get(name, 0.0) for name in dense_names] for u in users], dtype=torch.float32)
+    return dense.reshape(len(users), len(dense_names)), _kjt(sparse_keys, parts, len(users))
 
 
 def _kjt(keys: list[str], parts: list[tuple[np.ndarray, np.ndarray]], n: int) -> KeyedJaggedTensor:
@@ -109,18 +117,22 @@ def _kjt(keys: list[str], parts: list[tuple[np.ndarray, np.ndarray]], n: int) ->
 
 
 def pair_inputs(
-    manifest: Manifest, user: UserFeatures, items: Catalog, item_rows: np.ndarray
+    manifest: Manifest, users: list[UserFeatures], items: Catalog, item_rows: list[np.ndarray]
 ) -> tuple[torch.Tensor, KeyedJaggedTensor]:
-    """A ranker's inputs for (user, item) rows, every feature of ``manifest`` in its order.
-    ``item_rows``: catalogue positions (-1 for items the catalogue lacks: OOV features)."""
-    n = len(item_rows)
-    known = item_rows >= 0
-    rows = np.where(known, item_rows, 0)
+    """A ranker's inputs for the (user, item) rows of several users at once: ``users[u]`` beside each
+    of ``item_rows[u]`` (catalogue positions; -1 for items the catalogue lacks: OOV features), in
+    that order; every feature of ``manifest`` in its order, each row built as in training."""
+    counts = [len(r) for r in item_rows]
+    n = sum(counts)
+    all_rows = np.concatenate(item_rows) if item_rows else np.zeros(0, np.int64)
+    known = all_rows >= 0
+    rows = np.where(known, all_rows, 0)
     user_key = manifest.roles["user"]
+    user_keys = {user_key} | {key for u in users for key in u.sparse}
     parts = []
     for key in manifest.sparse_keys:
-        if key == user_key or key in user.sparse:
-            parts.append(_sparse_of(user, user_key, key, n))
+        if key in user_keys:
+            parts.append(_repeated(users, user_key, key, counts))
         elif key in items.single:
             parts.append((np.ones(n, np.int32), np.where(known, items.single[key][rows], 0)))
         elif key in items.multi:
@@ -133,9 +145,11 @@ def pair_inputs(
         else:  # a context feature: neither the user's nor the item's
             parts.append((np.ones(n, np.int32), np.zeros(n, np.int64)))
     dense = np.zeros((n, len(manifest.dense)), np.float32)
+    starts = np.cumsum([0, *counts])
     for j, f in enumerate(manifest.dense):
-        if f.name in user.dense:
-            dense[:, j] = user.dense[f.name]
+        if any(f.name in u.dense for u in users):
+            for u, user in enumerate(users):
+                dense[starts[u] : starts[u + 1], j] = user.dense.get(f.name, 0.0)
         elif f.name in items.dense:
             dense[:, j] = np.where(known, items.dense[f.name][rows], 0.0)
     return torch.from_numpy(dense), _kjt(manifest.sparse_keys, parts, n)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from recfunnel.retrieval.item_index import ItemIndex
 from recfunnel.store.interactions import load_interactions
 from recfunnel.store.model import Trained, load_trained
 
-__all__ = ["FunnelConfig", "Funnel", "Recommendation", "STAGES", "funnel_config"]
+__all__ = ["FunnelConfig", "Funnel", "Recommendation", "Request", "STAGES", "funnel_config"]
 
 STAGES = ("retrieve", "filter", "rank", "rerank")
 
@@ -87,6 +88,18 @@ class Recommendation:
     timings: dict[str, float]  # milliseconds per stage that ran
     source: str  # "user" (known user), "features" (new user, feature-only tower), "popular"
     warnings: list[str] = field(default_factory=list)
+    batch: int = 1  # requests that went through the models together with this one
+
+
+@dataclass
+class Request:
+    """One recommendation request: a known ``user_id``, or a new user's ``features``, or neither
+    (the most popular items); ``exclude``: raw item ids to leave out."""
+
+    user_id: Any = None
+    k: int = 10
+    exclude: Sequence[Any] = ()
+    features: dict[str, Any] | None = None
 
 
 def _ms(start: float) -> float:
@@ -158,61 +171,93 @@ class Funnel:
     # --- the request path ---------------------------------------------------------------------
 
     def recommend(
-        self, user_id: Any = None, k: int = 10, exclude: list[Any] = (), features: dict[str, Any] | None = None
+        self, user_id: Any = None, k: int = 10, exclude: Sequence[Any] = (), features: dict[str, Any] | None = None
     ) -> Recommendation:
-        timings, notes = {}, []
+        return self.recommend_many([Request(user_id, k, exclude, features)])[0]
+
+    def recommend_many(self, requests: Sequence[Request]) -> list[Recommendation]:
+        """Recommendations for several requests at once: their users go through the user tower in
+        one call, the index in one search and the ranker in one call (the per-user stages, filter
+        and re-rank, stay per user); each answer is what ``recommend`` gives for its request alone.
+        A stage's time in ``timings`` is the whole batch's (what each request waited for it)."""
         start = time.perf_counter()
-        user, source = self.user_of(user_id, features, notes)
-        if source == "popular":
-            keep = self.popular[~np.isin(self.popular, self.excluded_items(user, exclude, notes))][:k]
-            timings["retrieve"] = _ms(start)
+        notes: list[list[str]] = [[] for _ in requests]
+        users, sources = (
+            zip(*(self.user_of(r.user_id, r.features, n) for r, n in zip(requests, notes))) if requests else ((), ())
+        )
+        excluded = [self.excluded_items(u, r.exclude, n) for u, r, n in zip(users, requests, notes)]
+        out: list[Recommendation | None] = [None] * len(requests)
+        embedded = [i for i, source in enumerate(sources) if source != "popular"]
+        for i in set(range(len(requests))) - set(embedded):
+            keep = self.popular[~np.isin(self.popular, excluded[i])][: requests[i].k]
             scores = self.interactions.popularity[keep]
-            return Recommendation(self._raw(keep, scores), timings, source, notes)
-        query = self._embed(user)
-        excluded = self.excluded_items(user, exclude, notes)
-        scores, ids = self.index.vectors.search(query, self._fetch(len(excluded)))
-        timings["retrieve"] = _ms(start)
-        return self.finish(user, scores[0], ids[0], excluded, k, timings, source, notes)
+            out[i] = Recommendation(
+                self._raw(keep, scores), {"retrieve": _ms(start)}, "popular", notes[i], len(requests)
+            )
+        if embedded:
+            queries = self._embed([users[i] for i in embedded])
+            scores, ids = self.index.vectors.search(queries, self._fetch(max(len(excluded[i]) for i in embedded)))
+            timings = {"retrieve": _ms(start)}
+            found = self._finish_many(
+                [users[i] for i in embedded],
+                scores,
+                ids,
+                [excluded[i] for i in embedded],
+                [requests[i].k for i in embedded],
+                timings,
+            )
+            for i, items, times in zip(embedded, *found):
+                out[i] = Recommendation(items, times, sources[i], notes[i], len(requests))
+        return out  # type: ignore[return-value]
 
     def _fetch(self, excluded: int) -> int:
         """Items to ask the index for: the candidates, plus as many as filtering may drop."""
         return min(len(self.index.vectors), self.config.candidates + excluded + self._ruled_out)
 
-    def finish(
+    def _finish_many(
         self,
-        user: UserFeatures,
+        users: list[UserFeatures],
         scores: np.ndarray,
         ids: np.ndarray,
-        excluded: np.ndarray,
-        k: int,
+        excluded: list[np.ndarray],
+        ks: list[int],
         timings: dict[str, float],
-        source: str = "user",
-        notes: list[str] | None = None,
-    ) -> Recommendation:
-        """The stages after retrieval, for one user's retrieved (scores, raw ids)."""
+    ) -> tuple[list[list[tuple[Any, float]]], list[dict[str, float]]]:
+        """The stages after retrieval, for users' retrieved (scores, raw ids), one row each: the
+        filter and the re-rank per user, the ranker once for all. (items, timings) per user."""
         start = time.perf_counter()
+        kept = [self._filter(scores[u], ids[u], excluded[u]) for u in range(len(users))]
+        timings["filter"] = _ms(start)
+        if self.ranker is not None and self.config.rank and any(len(rows) for _, _, rows in kept):
+            start = time.perf_counter()
+            ranked = np.split(
+                self._rank(users, [rows for _, _, rows in kept]), np.cumsum([len(r) for *_, r in kept])[:-1]
+            )
+            for u, (ids_u, _, rows_u) in enumerate(kept):
+                order = np.argsort(-ranked[u], kind="stable")
+                kept[u] = ids_u[order], ranked[u][order], rows_u[order]
+            timings["rank"] = _ms(start)
+        start = time.perf_counter()
+        items = []
+        for (ids_u, scores_u, rows_u), k in zip(kept, ks):
+            if self.config.rerank == "mmr" and self.diversity is not None and len(ids_u) > 1:
+                chosen = mmr(scores_u, self._genre_sets(rows_u), k, self.config.mmr_lambda)
+                ids_u, scores_u = ids_u[chosen], scores_u[chosen]
+            items.append(list(zip(ids_u[:k].tolist(), scores_u[:k].astype(float).tolist())))
+        if self.config.rerank == "mmr" and self.diversity is not None:
+            timings["rerank"] = _ms(start)
+        return items, [dict(timings) for _ in users]
+
+    def _filter(self, scores: np.ndarray, ids: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, ...]:
+        """One user's retrieved items the rules and exclusions keep, at most ``candidates``:
+        (raw ids, scores, catalogue rows)."""
         found = np.isfinite(scores)
         ids, scores = ids[found], scores[found]
         rows = self.item_rows.get_indexer(ids)
         item_index = np.where(rows >= 0, self.items.index[np.maximum(rows, 0)], 0)
         keep = self.allowed[item_index] & ~np.isin(item_index, excluded)
         n = self.config.candidates
-        ids, scores, rows = ids[keep][:n], scores[keep][:n], rows[keep][:n]
-        timings["filter"] = _ms(start)
-        if self.ranker is not None and self.config.rank and len(ids):
-            start = time.perf_counter()
-            scores = self._rank(user, rows)
-            order = np.argsort(-scores, kind="stable")
-            ids, scores, rows = ids[order], scores[order], rows[order]
-            timings["rank"] = _ms(start)
-        if self.config.rerank == "mmr" and self.diversity is not None and len(ids) > 1:
-            start = time.perf_counter()
-            chosen = mmr(scores, self._genre_sets(rows), k, self.config.mmr_lambda)
-            ids, scores = ids[chosen], scores[chosen]
-            timings["rerank"] = _ms(start)
-        return Recommendation(
-            list(zip(ids[:k].tolist(), scores[:k].astype(float).tolist())), timings, source, notes or []
-        )
+        return ids[keep][:n], scores[keep][:n], rows[keep][:n]
 
     def similar_items(self, item_id: Any, k: int = 10) -> list[tuple[Any, float]]:
         """The ``k`` items nearest to ``item_id`` in the index (itself left out)."""
@@ -222,7 +267,7 @@ class Funnel:
         dense, kjt = self.items.inputs(
             np.array([row]), self.retriever.model.item_tower.sparse_keys, self.retriever.model.item_tower.dense_names
         )
-        with torch.no_grad():
+        with torch.inference_mode():
             query = self.retriever.model.item_tower(dense, kjt).float().numpy()
         scores, ids = self.index.vectors.search(query, min(len(self.index.vectors), k + 1))
         out = [(i, float(s)) for i, s in zip(ids[0].tolist(), scores[0].tolist()) if i != item_id and np.isfinite(s)]
@@ -244,12 +289,12 @@ class Funnel:
             return user, "features"
         return UserFeatures(), "popular"
 
-    def _embed(self, user: UserFeatures) -> np.ndarray:
-        dense, kjt = tower_inputs(user, self.user_key, self.tower.sparse_keys, self.tower.dense_names)
-        with torch.no_grad():
+    def _embed(self, users: list[UserFeatures]) -> np.ndarray:
+        dense, kjt = tower_inputs(users, self.user_key, self.tower.sparse_keys, self.tower.dense_names)
+        with torch.inference_mode():
             return self.tower(dense, kjt).float().numpy()
 
-    def excluded_items(self, user: UserFeatures, exclude: list[Any], notes: list[str]) -> np.ndarray:
+    def excluded_items(self, user: UserFeatures, exclude: Sequence[Any], notes: list[str]) -> np.ndarray:
         """Item indices to leave out: the user's training items and the request's list."""
         seen = self.interactions.seen(user.index) if self.config.exclude_seen else np.zeros(0, np.int64)
         if not len(exclude):
@@ -260,9 +305,10 @@ class Funnel:
             notes.append(f"unknown item ids in exclude, ignored: {unknown[:10]}")
         return np.concatenate([seen, self.items.index[rows[rows >= 0]]])
 
-    def _rank(self, user: UserFeatures, rows: np.ndarray) -> np.ndarray:
-        dense, kjt = pair_inputs(self.ranker.manifest, user, self.items, rows)
-        with torch.no_grad():
+    def _rank(self, users: list[UserFeatures], rows: list[np.ndarray]) -> np.ndarray:
+        """The ranker's probabilities of ``users[u]`` beside each of ``rows[u]``, all in one array."""
+        dense, kjt = pair_inputs(self.ranker.manifest, users, self.items, rows)
+        with torch.inference_mode():
             logits = self.ranker.model(dense, kjt)
         return torch.sigmoid(logits[:, 0]).float().numpy()
 
