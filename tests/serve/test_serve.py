@@ -1,77 +1,23 @@
 """`recfunnel serve` end to end: a real server process on loopback, a real HTTP client.
 
-One tiny synthetic interactions dataset, a two-tower and a DLRM trained on it for a few steps, an
-exact index; one server for the module (and one more loading both models from MLflow URIs).
+On the session's tiny two-tower + DLRM funnel (conftest): one server for the module, and more
+loading both models from MLflow URIs.
 """
 
 import json
-import uuid
+import socket
+import time
 
 import httpx
 import pytest
 
 from recfunnel.serve.process import ServerProcess
+from tests.serve.conftest import REGISTERED, recommend
 
-FAST = [
-    "--set",
-    "train.epochs=1",
-    "--set",
-    "train.batch_size=256",
-    "--set",
-    "train.max_steps=8",
-    "--set",
-    "eval.baselines=false",
-    "--set",
-    "tracking.log_checkpoints=false",
-]
 MAX_K = 1000
-REGISTERED = f"serve-test-{uuid.uuid4().hex[:8]}"  # the DLRM's registered name in the test MLflow store
 LIMIT = 64 * 1024
 
-slow = pytest.mark.slow  # every test of a real server (the module's fixtures train two models)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from recfunnel.cli import main
-    from recfunnel.data.sources.synthetic_interactions import prepare_synthetic_interactions
-
-    root = tmp_path_factory.mktemp("serve")
-    # 300 items for 200 users of ~30 interactions: every user has most items left to recommend
-    prepare_synthetic_interactions(6000, root / "pairs", users=200, items=300, quiet=True)
-    for model, extra in (("two-tower", []), ("dlrm", ["--set", f"tracking.register_as={REGISTERED}"])):
-        assert (
-            main(["train", "--model", model, "--data", str(root / "pairs"), "--out", str(root / model), *FAST, *extra])
-            == 0
-        )
-    assert main(["index", "--run", str(root / "two-tower"), "--out", str(root / "index"), "--quiet"]) == 0
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(runs):
-    with ServerProcess(["--run", runs / "two-tower", "--ranker", runs / "dlrm", "--index", runs / "index"]) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def known(runs):
-    """Raw ids of the users and items of the training data."""
-    import pandas as pd
-
-    users = pd.read_parquet(runs / "two-tower" / "model" / "users.parquet")["user_id"].tolist()
-    items = pd.read_parquet(runs / "two-tower" / "model" / "items.parquet")["item_id"].tolist()
-    return {"users": users, "items": items}
-
-
-def recommend(client, **body):
-    return client.post("/recommend", json=body)
+slow = pytest.mark.slow  # every test of a real server (the session's fixtures train two models)
 
 
 # --- what the service answers ----------------------------------------------------------------
@@ -145,13 +91,19 @@ def test_similar_items_of_a_known_item_and_404_for_an_unknown_one(client, known)
 
 
 @slow
-def test_health_says_what_is_loaded(client, known):
-    assert client.get("/health").json() == {
+def test_health_says_what_is_loaded_and_by_which_processes(server, client, known):
+    body = client.get("/health").json()
+    assert {k: body[k] for k in ("status", "items", "ranker", "index", "reloads", "refused_versions")} == {
         "status": "ok",
         "items": len(known["items"]),
         "ranker": True,
         "index": "exact",
+        "reloads": 0,
+        "refused_versions": 0,
     }
+    assert body["version"].startswith("two-tower ") and " + dlrm " in body["version"] and "digest " in body["version"]
+    assert body["pid"] == server.process.pid and body["funnel_pid"] not in (None, body["pid"])
+    assert body["memory_mib"]["rss"] > 0 and body["funnel_memory_mib"]["pss"] > 0
 
 
 @slow
@@ -278,6 +230,45 @@ def test_a_bad_get_gets_a_4xx_naming_the_problem(client, path, status, message):
     assert response.status_code == status and message in response.json()["error"]
 
 
+@slow
+@pytest.mark.parametrize("item", ["9" * 309, "9" * 5000, "-" + "9" * 30, "1e400", "NaN"])
+def test_an_item_id_that_cannot_exist_is_a_404_never_a_500(client, item):
+    response = client.get(f"/similar-items/{item}")
+    assert response.status_code == 404 and "not in the catalogue" in response.json()["error"]
+
+
+@slow
+@pytest.mark.parametrize("user", [10**308, -(10**30), "9" * 5000])
+def test_a_user_id_that_cannot_exist_is_an_unknown_user(client, user):
+    response = recommend(client, user_id=user, k=3)
+    assert response.status_code == 200 and response.json()["source"] == "popular"
+
+
+@slow
+def test_a_user_id_of_thousands_of_digits_is_a_4xx(client):
+    response = client.post("/recommend", content='{"user_id": ' + "9" * 5000 + "}", headers=JSON)
+    assert response.status_code in (400, 422) and "\n" not in response.json()["error"]
+
+
+@slow
+def test_a_client_gone_mid_body_is_counted_as_499_not_500(server, client):
+    def count(status: int) -> float:
+        prefix = f'recfunnel_http_requests_total{{route="/recommend",method="POST",status="{status}"}} '
+        text = client.get("/metrics").text
+        return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+    before = count(499), count(500)
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /recommend HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n")
+        sock.sendall(b'content-length: 100\r\n\r\n{"user_id": 1')  # then hangs up
+    for _ in range(100):
+        if count(499) > before[0]:
+            break
+        time.sleep(0.05)
+    assert (count(499), count(500)) == (before[0] + 1, before[1])
+
+
 # --- models from MLflow ----------------------------------------------------------------------
 
 
@@ -309,172 +300,3 @@ def test_an_mlflow_model_serves_without_an_index_or_its_dataset(runs, client, kn
 def test_a_missing_run_folder_is_a_one_line_error(cli, tmp_path):
     code, out, err = cli("serve", "--run", tmp_path / "nowhere", "--port", "0")
     assert code == 2 and "nowhere" in err and len(err.strip().splitlines()) == 1
-
-
-# --- the app in-process, on a stand-in funnel: quick, and failures a real model does not make --
-
-
-class _Vectors:
-    kind = "exact"
-
-    def __len__(self) -> int:
-        return 5
-
-
-class StubFunnel:
-    """What the app uses of a Funnel: items 1..5, one known user (7), one user feature (segment)."""
-
-    def __init__(self):
-        from types import SimpleNamespace
-
-        import numpy as np
-
-        self.users, self.items = SimpleNamespace(raw_ids=np.array([7])), SimpleNamespace(raw_ids=np.arange(1, 6))
-        self.index, self.ranker = SimpleNamespace(vectors=_Vectors()), None
-        self.manifest = SimpleNamespace(
-            roles={"user_features": ["segment"]}, dense=[], feature=lambda name: SimpleNamespace(multi_hot=False)
-        )
-
-    def recommend(self, user_id=None, k=10, exclude=(), features=None):
-        from recfunnel.funnel.pipeline import Recommendation
-
-        items = [(i, 1 / i) for i in range(1, 6) if i not in exclude][:k]
-        return Recommendation(items, {"retrieve": 0.1}, "user" if user_id == 7 else "popular", [])
-
-    def similar_items(self, item_id, k=10):
-        if item_id not in range(1, 6):
-            raise KeyError(item_id)
-        return [(i, 0.5) for i in range(1, 6) if i != item_id][:k]
-
-
-def ask(app, *requests: tuple[str, str, dict | None]) -> list[httpx.Response]:
-    """Requests (method, path, JSON body) to ``app`` in-process, through httpx's ASGI transport
-    (Starlette's TestClient warns that it will stop taking httpx)."""
-    import asyncio
-
-    async def run() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app") as test_client:
-            return [await test_client.request(method, path, json=body) for method, path, body in requests]
-
-    return asyncio.run(run())
-
-
-def test_the_stub_app_answers_like_the_real_one_and_k_defaults_to_at_most_max_k():
-    from recfunnel.serve.app import create_app
-
-    app = create_app(StubFunnel(), max_k=3)
-    known, similar, missing, health = ask(
-        app,
-        ("POST", "/recommend", {"user_id": 7, "exclude": [1]}),
-        ("GET", "/similar-items/2", None),
-        ("GET", "/similar-items/9", None),
-        ("GET", "/health", None),
-    )
-    assert known.json()["items"] == [
-        {"item_id": 2, "score": 0.5, "rank": 1},
-        {"item_id": 3, "score": 1 / 3, "rank": 2},
-        {"item_id": 4, "score": 0.25, "rank": 3},
-    ]
-    assert set(known.json()["timings_ms"]) == {"retrieve", "queue", "total"}
-    assert [i["item_id"] for i in similar.json()["items"]] == [1, 3, 4] and similar.json()["item_id"] == 2
-    assert missing.status_code == 404 and health.json() == {
-        "status": "ok",
-        "items": 5,
-        "ranker": False,
-        "index": "exact",
-    }
-
-
-def test_an_internal_error_is_a_one_line_500_and_is_counted(monkeypatch, caplog):
-    from recfunnel.serve.app import create_app
-
-    funnel = StubFunnel()
-    app = create_app(funnel, max_k=20)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("secret internals")
-
-    monkeypatch.setattr(funnel, "recommend", broken)
-    failed, too_many = ask(app, ("POST", "/recommend", {"user_id": 1}), ("POST", "/recommend", {"user_id": 1, "k": 21}))
-    assert failed.status_code == 500
-    assert failed.json() == {"error": "internal error (RuntimeError); the server log has the details"}
-    assert too_many.json()["error"] == "k: must be between 1 and 20, got 21"
-    assert app.state.metrics.requests("/recommend", 500) == 1
-    assert "secret internals" in caplog.text  # logged here, not sent
-
-
-def test_a_request_the_funnel_refuses_is_a_422_with_its_message(monkeypatch):
-    from recfunnel.errors import DataError
-    from recfunnel.serve.app import create_app
-
-    funnel = StubFunnel()
-    app = create_app(funnel)
-
-    def refuse(*args, **kwargs):
-        raise DataError("features.segment: 'x' is not a value the model knows")
-
-    monkeypatch.setattr(funnel, "recommend", refuse)
-    [response] = ask(app, ("POST", "/recommend", {"user_id": None, "features": {"segment": "x"}}))
-    assert response.status_code == 422 and response.json() == {
-        "error": "features.segment: 'x' is not a value the model knows"
-    }
-
-
-def test_create_app_refuses_bad_limits():
-    from recfunnel.serve.app import create_app
-
-    with pytest.raises(ValueError, match="max_k: expected an integer >= 1, got 0"):
-        create_app(StubFunnel(), max_k=0)
-
-
-def test_metrics_text_by_hand():
-    from recfunnel.serve.metrics import Metrics
-
-    metrics = Metrics()
-    metrics.observe("/recommend", "POST", 200, 0.003)
-    metrics.observe("/recommend", "POST", 200, 0.004)
-    metrics.observe("/recommend", "POST", 422, 0.0004)
-    metrics.observe_funnel("user", {"retrieve": 1.5, "rank": 2.0})
-    metrics.observe_funnel("popular", {"retrieve": 0.5})
-    lines = set(metrics.render().splitlines())
-    assert {
-        'recfunnel_http_requests_total{route="/recommend",method="POST",status="200"} 2',
-        'recfunnel_http_requests_total{route="/recommend",method="POST",status="422"} 1',
-        'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="0.001"} 1',
-        'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="0.0025"} 1',
-        'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="0.005"} 3',
-        'recfunnel_http_request_duration_seconds_bucket{route="/recommend",le="+Inf"} 3',
-        'recfunnel_http_request_duration_seconds_sum{route="/recommend"} 0.007400',
-        'recfunnel_http_request_duration_seconds_count{route="/recommend"} 3',
-        'recfunnel_http_request_latency_seconds{route="/recommend",quantile="0.5"} 0.003000',
-        'recfunnel_funnel_stage_seconds_sum{stage="retrieve"} 0.002000',
-        'recfunnel_funnel_stage_seconds_count{stage="retrieve"} 2',
-        'recfunnel_recommendations_total{source="popular"} 1',
-    } <= lines
-    assert metrics.requests("/recommend") == 3 and metrics.requests(status=422) == 1
-
-
-# --- the benchmark ---------------------------------------------------------------------------
-
-
-@slow
-def test_the_serving_benchmark_measures_a_short_load(runs, capsys):
-    from recfunnel.bench.serve import bench_serve, print_serve
-
-    result = bench_serve(
-        runs / "two-tower",
-        ranker=runs / "dlrm",
-        index=runs / "index",
-        rate=[40, 80],
-        seconds=1.0,
-        warmup=0.2,
-        candidates=50,
-    )
-    assert [r["rate"] for r in result["runs"]] == [40, 80]
-    for r in result["runs"]:
-        assert r["errors"] == 0 and r["ok"] + r["dropped"] == r["scheduled"] == round(r["rate"])
-        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
-        assert {"retrieve", "filter", "rank", "rerank", "queue", "total"} <= set(r["server_stage_ms"])
-    print_serve(result)
-    assert "p99 ms" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from recfunnel.errors import RecfunnelError
+from recfunnel.serve.batcher import MAX_BATCH, MAX_QUEUE_MS, MAX_WAIT_MS
 
 __all__ = ["add_funnel_parsers"]
 
@@ -83,8 +84,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         config=funnel_config(args.config, args.set),
+        workers=args.workers,
+        reload_every=args.reload_every,
+        batching=_batching(args),
     )
     return 0
+
+
+def _batching(args: argparse.Namespace):  # -> Batching; serve's modules load torch: imported late
+    from recfunnel.serve.app import Batching
+
+    if args.max_batch < 1:
+        raise RecfunnelError(f"--max-batch: expected an integer >= 1, got {args.max_batch}")
+    for name in ("max_wait_ms", "max_queue_ms"):
+        if not getattr(args, name) >= 0:
+            raise RecfunnelError(f"--{name.replace('_', '-')}: expected a number >= 0, got {getattr(args, name)}")
+    return Batching(args.max_batch, args.max_wait_ms, args.max_queue_ms)
 
 
 def add_funnel_parsers(sub: argparse._SubParsersAction) -> None:
@@ -156,4 +171,32 @@ def add_funnel_parsers(sub: argparse._SubParsersAction) -> None:
     funnel_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes answering on the port, sharing the loaded models (default 1; about one per core)",
+    )
+    p.add_argument(
+        "--reload-every",
+        type=float,
+        metavar="SECONDS",
+        help="check for new model versions this often (e.g. of models:/NAME@champion) and swap them in "
+        "without a restart; POST /admin/reload (from this machine) checks at once",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=MAX_BATCH, help=f"requests through the models at once (default {MAX_BATCH})"
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=MAX_WAIT_MS,
+        help=f"longest wait for a batch to fill after a quiet spell (default {MAX_WAIT_MS:g})",
+    )
+    p.add_argument(
+        "--max-queue-ms",
+        type=float,
+        default=MAX_QUEUE_MS,
+        help=f"refuse (503, Retry-After) requests that would queue longer than this (default {MAX_QUEUE_MS:g})",
+    )
     p.set_defaults(func=_cmd_serve)

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from recfunnel.errors import DataError, RecfunnelError
-from recfunnel.funnel.pipeline import Funnel, FunnelConfig, Request
+from recfunnel.funnel.pipeline import Funnel, FunnelConfig, Request, positions
 
 __all__ = ["recommend_users", "recommend_to_file", "read_users", "as_catalogue_ids", "check_output", "summary"]
 
@@ -74,7 +74,7 @@ def recommend_users(funnel: Funnel, users: list[Any] | None, k: int, show: bool 
 
 def _recommend_users(funnel: Funnel, users: list[Any] | None, k: int, show: bool) -> Iterator[pd.DataFrame]:
     rows = (
-        np.arange(len(funnel.users)) if users is None else funnel.user_rows.get_indexer(as_catalogue_ids(funnel, users))
+        np.arange(len(funnel.users)) if users is None else positions(funnel.user_rows, as_catalogue_ids(funnel, users))
     )
     raw = funnel.users.raw_ids if users is None else np.asarray(as_catalogue_ids(funnel, users), dtype=object)
     bar = tqdm(total=len(rows), desc="recommend", unit="user", disable=not show, leave=False, dynamic_ncols=True)

@@ -33,7 +33,7 @@ from recfunnel.funnel.inputs import UserFeatures, pair_inputs, tower_inputs, use
 from recfunnel.funnel.rerank import mmr
 from recfunnel.retrieval.item_index import ItemIndex
 from recfunnel.store.interactions import load_interactions
-from recfunnel.store.model import Trained, load_trained
+from recfunnel.store.model import Trained, load_trained, model_digest
 
 __all__ = ["FunnelConfig", "Funnel", "Recommendation", "Request", "STAGES", "funnel_config"]
 
@@ -132,6 +132,9 @@ class Funnel:
         popularity = self.interactions.popularity
         order = np.argsort(-popularity, kind="stable")
         self.popular = order[(popularity[order] > 0) & self.allowed[order]]
+        for name in manifest.roles.get("user_features", []):  # vocabularies read now, not mid-request
+            if name in manifest.sparse_keys:
+                self.encoder.indices(name, [])
 
     @classmethod
     def load(
@@ -140,9 +143,12 @@ class Funnel:
         index: str | Path | None = None,
         ranker: str | Path | None = None,
         config: FunnelConfig | dict | None = None,
+        other_model_index: str = "error",
     ) -> Funnel:
         """A two-tower run (folder, or its model folder), its index folder (built in memory, exact,
-        when None) and an optional ranker run trained on the same dataset."""
+        when None) and an optional ranker run trained on the same dataset. An index built from
+        other weights than the run's is an error, or with ``other_model_index="rebuild"`` rebuilt
+        in memory with its kind and parameters (a new model version served with an older index)."""
         retriever = load_trained(run)
         if not retriever.config.is_retrieval:
             raise RecfunnelError(
@@ -150,6 +156,14 @@ class Funnel:
                 f"(a ranker goes in --ranker)"
             )
         item_index = ItemIndex.build(retriever)[0] if index is None else ItemIndex.load(index)
+        if index is not None and item_index.matches(retriever) is False:
+            if other_model_index != "rebuild":
+                raise RecfunnelError(
+                    f"{index}: built from other weights than {run}'s (model digest "
+                    f"{item_index.meta['model_digest']}, not {model_digest(retriever.folder)}); rebuild it "
+                    f"with `recfunnel index --run {run} --out {index} --overwrite`"
+                )
+            item_index = item_index.rebuilt_for(retriever)
         ranked = load_trained(ranker) if ranker is not None else None
         if ranked is not None and ranked.config.is_retrieval:
             raise RecfunnelError(f"{ranker}: --ranker takes a dlrm, dcnv2 or deepfm run, not a two-tower one")
@@ -261,7 +275,7 @@ class Funnel:
 
     def similar_items(self, item_id: Any, k: int = 10) -> list[tuple[Any, float]]:
         """The ``k`` items nearest to ``item_id`` in the index (itself left out)."""
-        row = self.item_rows.get_indexer([item_id])[0]
+        row = positions(self.item_rows, [item_id])[0]
         if row < 0:
             raise KeyError(item_id)
         dense, kjt = self.items.inputs(
@@ -276,7 +290,7 @@ class Funnel:
     # --- stages -------------------------------------------------------------------------------
 
     def user_of(self, user_id: Any, features: dict[str, Any] | None, notes: list[str]) -> tuple[UserFeatures, str]:
-        row = self.user_rows.get_indexer([user_id])[0] if user_id is not None else -1
+        row = positions(self.user_rows, [user_id])[0] if user_id is not None else -1
         if row >= 0:
             return user_from_catalog(self.users, row), "user"
         if user_id is not None:
@@ -299,7 +313,7 @@ class Funnel:
         seen = self.interactions.seen(user.index) if self.config.exclude_seen else np.zeros(0, np.int64)
         if not len(exclude):
             return seen
-        rows = self.item_rows.get_indexer(list(exclude))
+        rows = positions(self.item_rows, exclude)
         unknown = [e for e, r in zip(exclude, rows) if r < 0]
         if unknown:
             notes.append(f"unknown item ids in exclude, ignored: {unknown[:10]}")
@@ -368,6 +382,22 @@ class Funnel:
                 f"{sorted(self.items.multi) or 'none'}"
             )
         return name
+
+
+def positions(index: pd.Index, ids: Sequence[Any]) -> np.ndarray:
+    """Where each of ``ids`` is in ``index`` (-1: absent). An id that cannot be one of the index's
+    (an integer past int64, a float NaN) is absent, not an error."""
+    try:
+        return index.get_indexer(list(ids))
+    except (OverflowError, ValueError, TypeError):
+        return np.array([_position(index, i) for i in ids], np.int64)
+
+
+def _position(index: pd.Index, id_: Any) -> int:
+    try:
+        return int(index.get_indexer([id_])[0])
+    except (OverflowError, ValueError, TypeError):
+        return -1
 
 
 def _check_same_features(retriever: Trained, ranker: Trained) -> None:

@@ -4,7 +4,7 @@
 
     INDEX_DIR/
         vectors/         the VectorIndex (faiss index, raw item ids, params)
-        index.json       the run it came from, kind, metric, build report (recall vs exact)
+        index.json       the run it came from (and its weights' digest), kind, metric, build report
 
 What serving also needs of the training data (each user's seen items, item popularity) lives in
 the run's model folder (:mod:`recfunnel.store`), not here.
@@ -22,7 +22,7 @@ from recfunnel.files import atomic_output_dir
 from recfunnel.retrieval.embeddings import tower_embeddings
 from recfunnel.retrieval.index import VectorIndex
 from recfunnel.retrieval.index_build import BuildReport, build_index
-from recfunnel.store.model import Trained, load_trained
+from recfunnel.store.model import Trained, load_trained, model_digest
 
 __all__ = ["ItemIndex", "build_and_save"]
 
@@ -53,11 +53,22 @@ class ItemIndex:
             "kind": kind,
             "metric": metric,
             "run": str(trained.folder.resolve()),
+            "model_digest": model_digest(trained.folder),  # the weights the vectors came from
             "items": len(catalog),
             "dim": int(vectors.shape[1]),
             "build": report.as_dict(),
         }
         return cls(index, meta), report
+
+    def matches(self, trained: Trained) -> bool | None:
+        """Whether this index holds ``trained``'s item vectors (None: an index from before digests)."""
+        digest = self.meta.get("model_digest")
+        return None if digest is None else digest == model_digest(trained.folder)
+
+    def rebuilt_for(self, trained: Trained) -> ItemIndex:
+        """An index of the same kind and parameters for ``trained`` (another model's weights)."""
+        build = self.meta.get("build", {})
+        return ItemIndex.build(trained, self.meta.get("kind", "exact"), **build.get("params", {}))[0]
 
     def save(self, out: str | Path, overwrite: bool = False) -> Path:
         with atomic_output_dir(out, overwrite=overwrite) as tmp:

@@ -1,115 +1,170 @@
 """The HTTP service around a :class:`~recfunnel.funnel.pipeline.Funnel` (FastAPI).
 
     POST /recommend                 {"user_id": 196, "k": 10, "exclude": [50], "features": {...}}
-        -> {"user_id", "items": [{"item_id", "score", "rank"}], "source", "timings_ms", "warnings"}
+        -> {"user_id", "items": [{"item_id", "score", "rank"}], "source", "timings_ms", "batch",
+            "version", "warnings"}
     GET  /similar-items/{item_id}?k=10  -> {"item_id", "items": [...]}   (404: an unknown item)
-    GET  /health                    -> {"status": "ok", "items": N, "ranker": bool, "index": kind}
-    GET  /metrics                   -> Prometheus text: requests by route and status, latency, stages
+    GET  /health                    -> {"status": "ok", "items", "ranker", "index", "version", ...}
+    GET  /metrics                   -> Prometheus text: requests by route and status, latency,
+                                       stages, batches, refusals, reloads
+    POST /admin/reload              -> load the newest versions of the models now (loopback only)
 
 Every error is ``{"error": "<one line>"}``: 400 malformed JSON, 413 a body over ``max_body_bytes``,
 415 a body that is not JSON, 422 a field out of its range or of the wrong type (the message names
 it: ``k: must be between 1 and 1000, got 5000``), 404 an unknown route or item, 405 a wrong method,
-500 an internal error (logged with its traceback here, never sent).
+503 (with Retry-After) when the queue is too long to answer in time or the server is stopping, 500
+an internal error (logged with its traceback here, never sent).
 
-The funnel is CPU-bound (torch, faiss, numpy): it runs on a pool of ``workers`` threads (one by
-default), off the event loop, so that the loop keeps accepting and answering (/health stays quick
-under load) while requests wait their turn (``timings_ms.queue``).
+The funnel is CPU-bound (torch, faiss, numpy): requests go through it in batches of a few ms
+(:mod:`recfunnel.serve.batcher`), in a process of its own under ``serve``
+(:mod:`recfunnel.serve.engine`); the loop reads requests, refuses at once those that would wait
+too long (before their body is even validated) and answers.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations, and the
 # request model is a local of create_app.
 
 import asyncio
+import ipaddress
+import json
 import logging
+import os
+import signal
+import threading
 import time
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
-import faiss
-import torch
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from recfunnel.errors import RecfunnelError
-from recfunnel.funnel.pipeline import Funnel
-from recfunnel.serve.metrics import CONTENT_TYPE, Metrics
-from recfunnel.serve.middleware import BodyLimit, RequestMetrics
+from recfunnel.funnel.pipeline import Request as FunnelRequest
+from recfunnel.serve.batcher import (
+    GAP_S,
+    MAX_BATCH,
+    MAX_QUEUE,
+    MAX_QUEUE_MS,
+    MAX_WAIT_MS,
+    Batcher,
+    Overloaded,
+    Stopped,
+)
+from recfunnel.serve.engine import EngineState, Failed, InlineEngine, Invalid, ProcessEngine, Similar
+from recfunnel.serve.live import Live, Served
+from recfunnel.serve.metrics import CONTENT_TYPE, Metrics, label, memory_mib
+from recfunnel.serve.middleware import Admission, BodyLimit, RequestMetrics
 from recfunnel.serve.schema import (
     DEFAULT_K,
     Health,
     RecommendResponse,
+    ReloadResponse,
     SimilarResponse,
-    json_type,
     recommend_request,
     validation_message,
 )
 
-__all__ = ["create_app", "MAX_BODY_BYTES", "MAX_K", "WORKERS"]
+__all__ = ["create_app", "Batching", "MAX_BODY_BYTES", "MAX_K"]
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_K = 1000
-# Funnel threads. One: the funnel holds the GIL for most of its ~2 ms and torch hands it back and
-# forth on every small op, so two threads convoy. Measured on 2 idle cores, 300 req/s offered:
-# 1 thread kept up or nearly (254-300 req/s; ~2 ms a call), 2 threads did not (230-257 req/s; 6 ms).
-WORKERS = 1
-ROUTES = "POST /recommend, GET /similar-items/{item_id}, GET /health, GET /metrics"
+ROUTES = "POST /recommend, GET /similar-items/{item_id}, GET /health, GET /metrics, POST /admin/reload"
 
 log = logging.getLogger("recfunnel.serve")
 
 
-class _Invalid(Exception):
-    """A request the funnel cannot take, found by the app: 422 with this message."""
+@dataclass
+class Batching:
+    """How requests are batched and admitted (:mod:`recfunnel.serve.batcher`)."""
 
-
-class _Failed(Exception):
-    """The funnel failed on a request (logged where it happened): 500 with this message."""
+    max_batch: int = MAX_BATCH
+    max_wait_ms: float = MAX_WAIT_MS
+    max_queue_ms: float = MAX_QUEUE_MS
+    max_queue: int = MAX_QUEUE
 
 
 def create_app(
-    funnel: Funnel, *, max_body_bytes: int = MAX_BODY_BYTES, max_k: int = MAX_K, workers: int = WORKERS
+    served: Any,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_k: int = MAX_K,
+    batching: Batching | None = None,
+    reload: Callable[[], dict[str, Any]] | None = None,
 ) -> FastAPI:
-    """The service of one loaded funnel. Its request path is warmed up here (one request of each
-    kind), so that lazily built state is not first built by two threads at once."""
-    for name, value in (("max_body_bytes", max_body_bytes), ("max_k", max_k), ("workers", workers)):
+    """The service of a funnel: a loaded one (or a :class:`Live` one, which ``reload`` may swap)
+    run on the loop's thread, or a started :class:`ProcessEngine`. A funnel given here is warmed
+    up first, so that lazily built state is built before the first request."""
+    for name, value in (("max_body_bytes", max_body_bytes), ("max_k", max_k)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-    _warm_up(funnel)
+    if isinstance(served, (InlineEngine, ProcessEngine)):
+        engine = served
+    else:
+        live = served if isinstance(served, Live) else Live(Served(served, version="loaded in-process"))
+        warm_up(live.current.funnel)
+        engine = InlineEngine(live, reload)
+    batching = batching or Batching()
     metrics = Metrics()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="funnel", initializer=_worker_threads)
+    batcher = Batcher(
+        engine.run,
+        max_batch=batching.max_batch,
+        max_wait_ms=batching.max_wait_ms,
+        max_queue_ms=batching.max_queue_ms,
+        max_queue=batching.max_queue,
+        gap_s=GAP_S if isinstance(engine, InlineEngine) else 0.0,
+    )
+    metrics.add_source(lambda: _runtime_lines(batcher, engine.state))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        pool.shutdown(wait=True, cancel_futures=True)
+        loop = asyncio.get_running_loop()
+        engine.attach(loop)
+        if isinstance(engine, ProcessEngine) and threading.current_thread() is threading.main_thread():
+            loop.add_signal_handler(signal.SIGHUP, engine.trigger)  # check for new model versions
+        try:
+            yield
+        finally:
+            batcher.stop()
+            engine.close()
 
-    app = FastAPI(title="recfunnel", summary="retrieve -> filter -> rank -> re-rank", lifespan=lifespan)
-    app.state.funnel, app.state.metrics = funnel, metrics
+    app = _Service(title="recfunnel", summary="retrieve -> filter -> rank -> re-rank", lifespan=lifespan)
+    app.state.engine, app.state.metrics, app.state.batcher = engine, metrics, batcher
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics, paths=frozenset({"/recommend", "/health", "/metrics"}))
+    app.front = RequestMetrics(
+        Admission(app.inner, batcher=batcher, paths=frozenset({"/recommend"})),
+        metrics=metrics,
+        paths=frozenset({"/recommend", "/health", "/metrics"}),
+    )
     _add_error_handlers(app)
     RecommendRequest = recommend_request(max_k)
 
     @app.post("/recommend", response_model=RecommendResponse)
-    async def recommend(body: RecommendRequest) -> dict[str, Any]:
-        if body.features:
-            _check_features(funnel, body.features)
-        args = (body.user_id, body.k, list(body.exclude), body.features)
-        result, timings = await _in_pool(pool, funnel.recommend, *args)
+    async def recommend(body: RecommendRequest) -> Response:
+        start = time.perf_counter()
+        request = FunnelRequest(body.user_id, body.k, list(body.exclude), body.features)
+        (result, version), queued = await batcher.submit(request)
         metrics.observe_funnel(result.source, result.timings)
-        return {
-            "user_id": body.user_id,
-            "items": _ranked(result.items),
-            "source": result.source,
-            "timings_ms": {**result.timings, **timings},
-            "warnings": result.warnings,
-        }
+        total = round((time.perf_counter() - start) * 1000, 3)  # in the app: queue, funnel, replies
+        return _json(
+            {
+                "user_id": body.user_id,
+                "items": _ranked(result.items),
+                "source": result.source,
+                "timings_ms": {**result.timings, "queue": round(queued * 1000, 3), "total": total},
+                "batch": result.batch,
+                "version": version,
+                "warnings": result.warnings,
+            }
+        )
 
     @app.get("/similar-items/{item_id}", response_model=SimilarResponse)
-    async def similar_items(item_id: str, k: int | None = None) -> dict[str, Any]:
+    async def similar_items(item_id: str, k: int | None = None) -> Response:
         k = min(DEFAULT_K, max_k) if k is None else k
         if not 1 <= k <= max_k:
             raise RequestValidationError(
@@ -117,48 +172,96 @@ def create_app(
             )
         for key in _id_candidates(item_id):
             try:
-                items, _ = await _in_pool(pool, funnel.similar_items, key, k, expected=(KeyError,))
-                return {"item_id": key, "items": _ranked(items)}
+                (items, _), _ = await batcher.submit(Similar(key, k))
+                return _json({"item_id": key, "items": _ranked(items)})
             except KeyError:
                 continue
-        raise HTTPException(404, f"item_id {item_id!r}: not in the catalogue")
+        raise HTTPException(404, f"item_id {_short(item_id)}: not in the catalogue")
 
     @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
         return {
-            "status": "ok",
-            "items": len(funnel.index.vectors),
-            "ranker": funnel.ranker is not None,
-            "index": funnel.index.vectors.kind,
+            "status": "draining" if batcher.stopping else "ok",
+            **(await engine.health()),
+            "pid": os.getpid(),
+            "memory_mib": memory_mib(),
         }
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
 
+    @app.post("/admin/reload", response_model=ReloadResponse)
+    async def admin_reload(request: Request) -> dict[str, Any]:
+        host = request.client.host if request.client else ""
+        if not _is_loopback(host):
+            raise HTTPException(403, f"POST /admin/reload: only from this machine (loopback), not from {host}")
+        if not engine.can_reload:
+            raise HTTPException(409, "POST /admin/reload: this app was not given a way to reload its models")
+        return await engine.reload()
+
     return app
 
 
-async def _in_pool(
-    pool: ThreadPoolExecutor, fn: Any, *args: Any, expected: tuple[type[Exception], ...] = ()
-) -> tuple[Any, dict[str, float]]:
-    """``fn(*args)`` on a worker thread; (its result, {"queue": ms waiting for a worker, "total":
-    ms it ran}). A RecfunnelError (the request's fault: 422) and ``expected`` exceptions pass
-    through; any other is logged with its traceback and becomes a one-line 500."""
-    submitted = time.perf_counter()
+class _Service(FastAPI):
+    """FastAPI with the admission and the request count in front of it: under a flood, a refusal
+    must cost far less than an answer, and FastAPI's own layers (error handling, telemetry, body
+    limit) made one cost twice what it does here."""
 
-    def timed() -> tuple[Any, float, float]:
-        start = time.perf_counter()
-        return fn(*args), start, time.perf_counter()
+    front: Any = None
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.front(scope, receive, send)
+
+    async def inner(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
+def _json(content: dict[str, Any]) -> Response:
     try:
-        result, start, end = await asyncio.get_running_loop().run_in_executor(pool, timed)
-    except (RecfunnelError, *expected):
-        raise
-    except Exception as e:
-        log.error("%s%r failed", getattr(fn, "__name__", "funnel"), args, exc_info=e)
-        raise _Failed(f"internal error ({type(e).__name__}); the server log has the details") from None
-    return result, {"queue": round((start - submitted) * 1000, 3), "total": round((end - start) * 1000, 3)}
+        body = orjson.dumps(content)
+    except orjson.JSONEncodeError:  # an integer id beyond 64 bits, echoed back: the slow encoder takes it
+        body = json.dumps(content, separators=(",", ":")).encode()
+    return Response(body, media_type="application/json")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text):,} characters)"
+
+
+def _runtime_lines(batcher: Batcher, state: EngineState) -> list[str]:
+    stats = batcher.stats
+    lines = [
+        "# HELP recfunnel_batches_total Funnel batches run.",
+        "# TYPE recfunnel_batches_total counter",
+        f"recfunnel_batches_total {stats.batches}",
+        "# HELP recfunnel_batched_requests_total Requests answered through the funnel in batches.",
+        "# TYPE recfunnel_batched_requests_total counter",
+        f"recfunnel_batched_requests_total {stats.requests}",
+        "# HELP recfunnel_refused_total Requests refused with 503: on arrival (the queue holds too "
+        "much work), draining (the server is stopping).",
+        "# TYPE recfunnel_refused_total counter",
+        f'recfunnel_refused_total{{reason="arrival"}} {stats.refused_on_arrival}',
+        f'recfunnel_refused_total{{reason="draining"}} {stats.refused_stopping}',
+        "# HELP recfunnel_queue_length Requests waiting for the funnel now.",
+        "# TYPE recfunnel_queue_length gauge",
+        f"recfunnel_queue_length {batcher.queued}",
+        "# HELP recfunnel_reloads_total Model versions swapped in (ok) or refused.",
+        "# TYPE recfunnel_reloads_total counter",
+        f'recfunnel_reloads_total{{result="ok"}} {state.reloads}',
+        f'recfunnel_reloads_total{{result="refused"}} {state.refused}',
+        "# HELP recfunnel_model_info The models served now.",
+        "# TYPE recfunnel_model_info gauge",
+        f'recfunnel_model_info{{version="{label(state.version)}"}} 1',
+    ]
+    return lines
 
 
 def _ranked(items: list[tuple[Any, float]]) -> list[dict[str, Any]]:
@@ -168,42 +271,22 @@ def _ranked(items: list[tuple[Any, float]]) -> list[dict[str, Any]]:
 def _id_candidates(text: str) -> list[int | str]:
     """A path's item id as the catalogue may hold it: the text, then the integer it spells."""
     out: list[int | str] = [text]
-    if text.lstrip("-").isdigit():
+    if text.lstrip("-").isdigit() and len(text) <= 20:  # longer cannot be an int64 id
         out.append(int(text))
     return out
 
 
-def _check_features(funnel: Funnel, features: dict[str, Any]) -> None:
-    """Values of the right shape for the model's user features: one value for a single-hot or dense
-    feature, a number (or null) for a dense one. Names the model lacks are the funnel's to warn of."""
-    manifest = funnel.manifest
-    known = set(manifest.roles.get("user_features", []))
-    dense = {f.name for f in manifest.dense}
-    for name, value in features.items():
-        if name not in known:
-            continue
-        if isinstance(value, list) and (name in dense or not manifest.feature(name).multi_hot):
-            raise _Invalid(f"features.{name}: expected one value ({name} is not multi-hot), got a list")
-        if name in dense and value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise _Invalid(f"features.{name}: expected a number ({name} is dense), got {json_type(value)}")
-
-
-def _warm_up(funnel: Funnel) -> None:
-    funnel.recommend(user_id=None, k=1)
+def warm_up(funnel: Any) -> None:
+    """One request of each kind, so that state built on first use is built before serving."""
+    funnel.recommend_many([FunnelRequest(None, 1)])
     if len(funnel.users.raw_ids):
-        funnel.recommend(user_id=_plain(funnel.users.raw_ids[0]), k=1)
+        funnel.recommend_many([FunnelRequest(_plain(funnel.users.raw_ids[0]), 1)] * 2)
     if len(funnel.items.raw_ids):
         funnel.similar_items(_plain(funnel.items.raw_ids[0]), k=1)
 
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value  # numpy scalar -> int / str
-
-
-def _worker_threads() -> None:
-    # OpenMP's thread count is per calling thread: keep faiss's in step with torch's in each worker
-    # (the server sets torch's; two spinning pools on two cores cost tens of ms per request).
-    faiss.omp_set_num_threads(torch.get_num_threads())
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -217,12 +300,20 @@ def _add_error_handlers(app: FastAPI) -> None:
             return _error(400, f"body is not valid JSON: {reason} at character {position}")
         return _error(422, validation_message(errors))
 
-    @app.exception_handler(_Invalid)
-    async def invalid_value(request: Request, exc: _Invalid) -> JSONResponse:
+    @app.exception_handler(Invalid)
+    async def invalid_value(request: Request, exc: Invalid) -> JSONResponse:
         return _error(422, str(exc))
 
-    @app.exception_handler(_Failed)
-    async def failed(request: Request, exc: _Failed) -> JSONResponse:
+    @app.exception_handler(Overloaded)
+    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return _error(503, str(exc), {"Retry-After": str(int(exc.retry_after + 0.999))})
+
+    @app.exception_handler(Stopped)
+    async def stopping(request: Request, exc: Stopped) -> JSONResponse:
+        return _error(503, "the server is shutting down; retry on another", {"Retry-After": "1", "Connection": "close"})
+
+    @app.exception_handler(Failed)
+    async def failed(request: Request, exc: Failed) -> JSONResponse:
         return _error(500, str(exc))
 
     @app.exception_handler(RecfunnelError)

@@ -14,6 +14,9 @@ Series (``route`` is the route's template, ``/similar-items/{item_id}``, or ``un
     recfunnel_funnel_stage_seconds{stage}                         summary: sum and count per stage
     recfunnel_recommendations_total{source}                       counter: user | features | popular
 
+and, from the app (``add_source``): batches, requests refused with 503 by reason, the queue's
+length, reloads and the model version served.
+
 One lock guards every update: the endpoints run on worker threads.
 """
 
@@ -22,10 +25,12 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import defaultdict, deque
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Metrics", "CONTENT_TYPE", "BUCKETS"]
+__all__ = ["Metrics", "CONTENT_TYPE", "BUCKETS", "label", "memory_mib"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # seconds; the funnel answers in a few ms, so most of the resolution sits below 100 ms
@@ -44,6 +49,11 @@ class Metrics:
         self._stage_sum: dict[str, float] = defaultdict(float)  # seconds
         self._stage_count: dict[str, int] = defaultdict(int)
         self._sources: dict[str, int] = defaultdict(int)
+        self._more: list[Callable[[], list[str]]] = []
+
+    def add_source(self, lines: Callable[[], list[str]]) -> None:
+        """More series, rendered by ``lines()`` at each scrape (gauges and counters kept elsewhere)."""
+        self._more.append(lines)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """One finished request."""
@@ -83,10 +93,12 @@ class Metrics:
                 "# TYPE recfunnel_recommendations_total counter",
             ]
             lines += [f'recfunnel_recommendations_total{{source="{s}"}} {n}' for s, n in sorted(self._sources.items())]
+        for more in self._more:
+            lines += more()
         return "\n".join(lines) + "\n"
 
 
-def _label(value: str) -> str:
+def label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
@@ -96,7 +108,7 @@ def _requests_lines(requests: dict[tuple[str, str, int], int]) -> list[str]:
         "# TYPE recfunnel_http_requests_total counter",
     ]
     for (route, method, status), n in sorted(requests.items()):
-        labels = f'route="{_label(route)}",method="{method}",status="{status}"'
+        labels = f'route="{label(route)}",method="{method}",status="{status}"'
         lines.append(f"recfunnel_http_requests_total{{{labels}}} {n}")
     return lines
 
@@ -109,11 +121,11 @@ def _histogram_lines(buckets: dict[str, list[int]], sums: dict[str, float]) -> l
     ]
     for route in sorted(buckets):
         counts = np.cumsum(buckets[route])
-        label = _label(route)
+        text = label(route)
         for bound, count in zip([*map(str, BUCKETS), "+Inf"], counts.tolist()):
-            lines.append(f'{name}_bucket{{route="{label}",le="{bound}"}} {count}')
-        lines.append(f'{name}_sum{{route="{label}"}} {sums[route]:.6f}')
-        lines.append(f'{name}_count{{route="{label}"}} {int(counts[-1])}')
+            lines.append(f'{name}_bucket{{route="{text}",le="{bound}"}} {count}')
+        lines.append(f'{name}_sum{{route="{text}"}} {sums[route]:.6f}')
+        lines.append(f'{name}_count{{route="{text}"}} {int(counts[-1])}')
     return lines
 
 
@@ -124,9 +136,30 @@ def _summary_lines(recent: dict[str, list[float]], sums: dict[str, float], bucke
         f"# TYPE {name} summary",
     ]
     for route in sorted(recent):
-        label = _label(route)
+        text = label(route)
         values = np.quantile(recent[route], QUANTILES) if recent[route] else [float("nan")] * len(QUANTILES)
-        lines += [f'{name}{{route="{label}",quantile="{q}"}} {v:.6f}' for q, v in zip(QUANTILES, values)]
-        lines.append(f'{name}_sum{{route="{label}"}} {sums[route]:.6f}')
-        lines.append(f'{name}_count{{route="{label}"}} {sum(buckets[route])}')
+        lines += [f'{name}{{route="{text}",quantile="{q}"}} {v:.6f}' for q, v in zip(QUANTILES, values)]
+        lines.append(f'{name}_sum{{route="{text}"}} {sums[route]:.6f}')
+        lines.append(f'{name}_count{{route="{text}"}} {sum(buckets[route])}')
     return lines
+
+
+def memory_mib(pid: int | str = "self") -> dict[str, float] | None:
+    """A process's memory (Linux /proc; None elsewhere), MiB: ``rss`` resident, ``pss`` its share
+    (pages shared with others, e.g. forked workers' models, counted once across them), ``private``
+    its own pages alone."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return None
+    kib: dict[str, int] = {}
+    for line in text.splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields and fields[0].isdigit():
+            kib[name] = int(fields[0])
+    private = kib.get("Private_Clean", 0) + kib.get("Private_Dirty", 0)
+    return {
+        name: round(value / 1024, 1)
+        for name, value in (("rss", kib.get("Rss", 0)), ("pss", kib.get("Pss", 0)), ("private", private))
+    }

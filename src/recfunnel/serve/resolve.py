@@ -16,16 +16,12 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 
 from recfunnel.errors import RecfunnelError
 
-if TYPE_CHECKING:  # torch and faiss only when a funnel is loaded: the benchmark's client needs neither
-    from recfunnel.funnel.pipeline import Funnel, FunnelConfig
-
-__all__ = ["resolve_model", "is_mlflow_uri", "load_funnel"]
+__all__ = ["resolve_model", "is_mlflow_uri"]
 
 _URI = re.compile(r"^(runs|models|mlflow-artifacts|s3|gs|wasbs|abfss|dbfs|https?|file):/", re.IGNORECASE)
 
@@ -78,22 +74,3 @@ def _inside_pyfunc(folder: Path, name: str | None = None) -> Path:
             f"{name or folder}: an MLflow model, but not one of recfunnel's (no artifacts/model/model.pt)"
         )
     return inner
-
-
-def load_funnel(
-    run: str | Path,
-    index: str | Path | None = None,
-    ranker: str | Path | None = None,
-    config: FunnelConfig | None = None,
-    into: str | Path | None = None,
-) -> Funnel:
-    """``Funnel.load`` of a two-tower ``run`` and an optional ``ranker``, each a local folder or an
-    MLflow model (downloaded under ``into``); without ``index``, an exact one is built in memory."""
-    from recfunnel.funnel.pipeline import Funnel  # torch and faiss: see the TYPE_CHECKING import above
-
-    def under(name: str) -> Path | None:
-        return Path(into) / name if into is not None else None
-
-    retriever = resolve_model(run, under("run"))
-    ranked = resolve_model(ranker, under("ranker")) if ranker is not None else None
-    return Funnel.load(retriever, index=index, ranker=ranked, config=config)

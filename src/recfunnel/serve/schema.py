@@ -23,6 +23,7 @@ __all__ = [
     "SimilarResponse",
     "ScoredItem",
     "Health",
+    "ReloadResponse",
     "validation_message",
     "json_type",
     "DEFAULT_K",
@@ -110,7 +111,9 @@ class RecommendResponse(BaseModel):
     user_id: int | str | None
     items: list[ScoredItem]
     source: str  # user | features | popular
-    timings_ms: dict[str, float]  # per funnel stage, plus queue (waiting for a worker) and total
+    timings_ms: dict[str, float]  # per funnel stage (the batch's time), queue (waiting for a batch), total
+    batch: int  # requests that went through the models together with this one
+    version: str  # the models that answered
     warnings: list[str]
 
 
@@ -120,10 +123,26 @@ class SimilarResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str  # ok | draining (stopping: finishing what is in flight)
     items: int  # in the index
     ranker: bool
     index: str  # exact | ivf | hnsw
+    version: str  # the models served (and their versions or digests)
+    loaded_at: str  # when they were loaded (UTC, ISO 8601)
+    reloads: int  # new versions swapped in since the start
+    refused_versions: int  # new versions that failed to load or answer, not swapped in
+    last_reload_error: str | None  # why the last refused version was refused
+    pid: int  # the worker process that answered (its HTTP loop)
+    memory_mib: dict[str, float] | None  # its rss, pss (shared pages split among sharers), private
+    funnel_pid: int | None = None  # the worker's funnel process (None: the funnel runs in the loop's)
+    funnel_memory_mib: dict[str, float] | None = None
+
+
+class ReloadResponse(BaseModel):
+    reloaded: bool  # a new version was swapped in
+    version: str  # the models served now
+    error: str | None  # why a new version was refused (the old one still serves)
+    workers: int  # worker processes told to reload
 
 
 def validation_message(errors: list[dict[str, Any]]) -> str:

@@ -1,26 +1,32 @@
-"""``recfunnel serve``: load a funnel, then answer HTTP on one uvicorn process until SIGINT/SIGTERM.
+"""``recfunnel serve``: load a funnel, then answer HTTP on one or several worker processes until
+SIGINT/SIGTERM.
 
     serve(".demo/runs/two-tower", index="index/", ranker=".demo/runs/dlrm", port=8000)
-    serve("runs:/<run_id>/model", index="index/", ranker="models:/recfunnel-dlrm/latest")
+    serve("models:/recfunnel-tt@champion", ranker="models:/recfunnel-dlrm@champion", reload_every=60)
 
 It prints one line once loaded (what, and the URL: with ``port=0`` the port the system chose),
-then uvicorn takes over; on SIGINT/SIGTERM it stops taking connections, lets requests in flight
-finish (at most ``GRACE_S``) and returns.
+then serves; on SIGINT/SIGTERM it stops taking connections, lets requests in flight finish (at
+most ``GRACE_S``) and returns. A worker is two processes: the HTTP loop, and the funnel forked
+beside it (:mod:`recfunnel.serve.engine`). ``workers`` > 1: the models are loaded once, then that
+many workers are forked to share them and the port (:mod:`recfunnel.serve.workers`). New model
+versions are loaded and swapped in without a restart every ``reload_every`` seconds and on
+``POST /admin/reload`` (:mod:`recfunnel.serve.reload`).
 
-Threads: torch and faiss (one OpenMP runtime) get ``THREADS``. A request is one user, whose
-tensors are far too small to split; with OpenMP's default of a thread per core, on a busy two-core
-machine, a demo request took p50 14-84 ms, p99 ~90 ms (threads waking and spinning) instead of
-p50 2.2 ms, p99 2.6 ms.
+Threads: torch and faiss (one OpenMP runtime) get ``THREADS`` per worker. A batch of requests is
+a few thousand rows at most, too small to split well; with OpenMP's default of a thread per core,
+on a busy two-core machine, a demo request took p50 14-84 ms, p99 ~90 ms (threads waking and
+spinning) instead of p50 2.2 ms, p99 2.6 ms. For more cores, run more workers.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
+import os
 import signal
 import socket
-import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,8 +36,11 @@ import torch
 
 from recfunnel.errors import RecfunnelError
 from recfunnel.funnel.pipeline import Funnel, FunnelConfig
-from recfunnel.serve.app import create_app
-from recfunnel.serve.resolve import load_funnel
+from recfunnel.serve.app import Batching, create_app
+from recfunnel.serve.engine import ProcessEngine
+from recfunnel.serve.live import Live
+from recfunnel.serve.reload import ModelSource, Reloader
+from recfunnel.serve.workers import run_workers
 
 __all__ = ["serve", "describe", "THREADS", "GRACE_S"]
 
@@ -47,39 +56,89 @@ def serve(
     port: int = 8000,
     config: FunnelConfig | None = None,
     log_level: str = "warning",
+    workers: int = 1,
+    batching: Batching | None = None,
+    reload_every: float | None = None,
 ) -> None:
     """Serve the funnel of a two-tower ``run`` (folder or MLflow URI), its ``index`` folder and an
     optional ``ranker`` (folder or MLflow URI) on ``host:port``, until interrupted."""
-    import uvicorn
-
+    if not isinstance(workers, int) or workers < 1:
+        raise RecfunnelError(f"--workers: expected an integer >= 1, got {workers!r}")
+    if reload_every is not None and not reload_every > 0:
+        raise RecfunnelError(f"--reload-every: expected a number of seconds > 0, got {reload_every!r}")
+    logging.basicConfig(format="recfunnel serve [%(process)d]: %(message)s", level=logging.WARNING)
     torch.set_num_threads(THREADS)
     faiss.omp_set_num_threads(THREADS)
-    with tempfile.TemporaryDirectory(prefix="recfunnel-serve-") as tmp:
-        funnel = load_funnel(run, index=index, ranker=ranker, config=config, into=tmp)
-        app = create_app(funnel)
+    source = ModelSource(run, ranker=ranker, index=index, config=config)
+    live = Live(source.load(source.versions(), first=True))
+    reloader = Reloader(live, source, every=reload_every, workers=workers)
+    try:
         # ~400k long-lived objects (torch, pandas, the catalogues): a full collection of them took
-        # ~150 ms, a stall now and then under load. Frozen, collections skip them.
+        # ~150 ms, a stall now and then under load. Frozen, collections skip them (and forked
+        # workers do not write to their pages, which stay shared).
         gc.collect()
         gc.freeze()
         sock = _bind(host, port)
         bound = sock.getsockname()[1]
         url_host = f"[{host}]" if ":" in host else host
-        print(f"recfunnel serve: {describe(funnel, run, ranker)} on http://{url_host}:{bound}", flush=True)
+        many = f", {workers} workers" if workers > 1 else ""
+        print(
+            f"recfunnel serve: {live.current.version} ({describe(live.current.funnel)}{many}) "
+            f"on http://{url_host}:{bound}",
+            flush=True,
+        )
+        with sock:
+            if workers == 1:
+                _serve_one(live, reloader, sock, batching, log_level, notify=None)
+            else:
+                supervisor = os.getpid()
+                # a reload asked of one worker over HTTP: the supervisor passes SIGHUP to them all
+                notify = lambda: os.kill(supervisor, signal.SIGHUP)  # noqa: E731
+                run_workers(workers, lambda: _serve_one(live, reloader, sock, batching, log_level, notify), GRACE_S + 5)
+    finally:
+        reloader.stop()
+        if live.current.folder is not None:
+            import shutil
+
+            shutil.rmtree(live.current.folder, ignore_errors=True)
+
+
+def _serve_one(
+    live: Live,
+    reloader: Reloader,
+    sock: socket.socket,
+    batching: Batching | None,
+    log_level: str,
+    notify: Callable[[], None] | None,
+) -> None:
+    """One worker: the HTTP loop on ``sock`` and its funnel process, until SIGTERM; SIGHUP makes
+    it check for new versions."""
+    import uvicorn
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN) if _main_thread() else None  # until the loop runs
+    engine = ProcessEngine(live, reloader, on_reload=notify)
+    engine.start(close_in_child=sock)
+    try:
+        app = create_app(engine, batching=batching)
         server = uvicorn.Server(
             uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=GRACE_S, access_log=False)
         )
-        with sock, _sigterm_returns():
+        with _sigterm_returns():
             server.run(sockets=[sock])
+    finally:
+        engine.close()
+        if previous is not None:
+            signal.signal(signal.SIGHUP, previous)
 
 
-def describe(funnel: Funnel, run: str | Path, ranker: str | Path | None) -> str:
-    """``two-tower RUN (1,682 items, exact index, 100 candidates) + dlrm RANKER``."""
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def describe(funnel: Funnel) -> str:
+    """``1,682 items, exact index, 100 candidates``."""
     index = funnel.index.vectors
-    out = (
-        f"{funnel.retriever.kind} {run} ({len(index):,} items, {index.kind} index, "
-        f"{funnel.config.candidates} candidates)"
-    )
-    return out + (f" + {funnel.ranker.kind} {ranker}" if funnel.ranker is not None else "")
+    return f"{len(index):,} items, {index.kind} index, {funnel.config.candidates} candidates"
 
 
 class _Terminated(Exception):
@@ -95,7 +154,7 @@ def _sigterm_returns() -> Iterator[None]:
     """uvicorn shuts down gracefully on SIGTERM, then raises the signal again for its default
     action (death, skipping every ``finally``); here it ends ``serve`` normally instead, so the
     downloaded models are removed and the exit code is 0."""
-    if threading.current_thread() is not threading.main_thread():
+    if not _main_thread():
         yield
         return
     previous = signal.signal(signal.SIGTERM, _terminated)

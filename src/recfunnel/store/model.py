@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from recfunnel.models.ranker import build_ranker
 from recfunnel.models.two_tower import build_two_tower
 from recfunnel.store.interactions import save_interactions
 
-__all__ = ["MODEL_DIR", "Trained", "build_model", "save_model", "load_trained", "model_folder"]
+__all__ = ["MODEL_DIR", "Trained", "build_model", "save_model", "load_trained", "model_folder", "model_digest"]
 
 MODEL_DIR = "model"
 
@@ -89,3 +90,13 @@ def load_trained(folder: str | Path) -> Trained:
     model.load_state_dict(saved["state_dict"])
     model.eval()
     return Trained(config, manifest, model, folder)
+
+
+def model_digest(folder: str | Path) -> str:
+    """The first 16 hex digits of model.pt's SHA-256: which weights a model folder holds (the same
+    bytes wherever they were copied or downloaded to), e.g. to tie an index to the model it indexes."""
+    digest = hashlib.sha256()
+    with open(model_folder(folder) / "model.pt", "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
