@@ -20,21 +20,21 @@ fault, 422), ``KeyError`` (an unknown item, 404) or :class:`Failed` (logged wher
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import os
 import shutil
 import signal
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
 from typing import Any
 
 from recfunnel.errors import RecfunnelError
 from recfunnel.funnel.pipeline import Request
-from recfunnel.serve.live import Live
+from recfunnel.serve.live import Live, Served
 from recfunnel.serve.metrics import memory_mib
 from recfunnel.serve.schema import json_type
 
@@ -43,6 +43,7 @@ __all__ = ["InlineEngine", "ProcessEngine", "Similar", "Invalid", "Failed", "Eng
 log = logging.getLogger("recfunnel.serve")
 
 NICE = 5  # the funnel process's niceness above the front's
+LOADING_NICE = 5  # and a loading one's above that
 
 
 @dataclass(frozen=True)
@@ -72,14 +73,9 @@ def _state(live: Live) -> EngineState:
     return EngineState(live.current.version, live.reloads, live.refused)
 
 
-def _health(live: Live) -> dict[str, Any]:
-    funnel = live.current.funnel
-    return {
-        "items": len(funnel.index.vectors),
-        "ranker": funnel.ranker is not None,
-        "index": funnel.index.vectors.kind,
-        **live.health(),
-    }
+def _health(served: Served) -> dict[str, Any]:
+    funnel = served.funnel
+    return {"items": len(funnel.index.vectors), "ranker": funnel.ranker is not None, "index": funnel.index.vectors.kind}
 
 
 class InlineEngine:
@@ -95,12 +91,12 @@ class InlineEngine:
 
     def run(self, jobs: list[Any]) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        future.set_result(run_batch(self.live, jobs))
+        future.set_result(run_batch(self.live.current, jobs))
         self.state = _state(self.live)
         return future
 
     async def health(self) -> dict[str, Any]:
-        return _health(self.live)
+        return {**_health(self.live.current), "funnel_pid": None, "funnel_memory_mib": None, **self.live.health()}
 
     @property
     def can_reload(self) -> bool:
@@ -119,138 +115,232 @@ class InlineEngine:
         pass
 
 
-class ProcessEngine:
-    """The funnel in a forked process, fed batches over a pipe; one batch there at a time."""
+@dataclass(eq=False)
+class _Process:
+    """A funnel process as the front sees it."""
 
-    def __init__(self, live: Live, reloader: Any, on_reload: Callable[[], None] | None = None) -> None:
-        """``reloader`` (a :class:`~recfunnel.serve.reload.Reloader` of ``live``) runs in the funnel
-        process; ``on_reload`` is called here after a reload asked for over HTTP."""
-        self.live, self.reloader, self.on_reload = live, reloader, on_reload
-        self.state = _state(live)
-        self.pid = 0
-        self._conn: Connection | None = None
-        self._pending: dict[int, asyncio.Future] = {}
-        self._tags = itertools.count()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
+    pid: int
+    conn: Connection
+    pending: dict[int, asyncio.Future] = field(default_factory=dict)
+    retired: bool = False  # a newer version serves: closed once its last batch is answered
+
+
+class ProcessEngine:
+    """The funnel in a forked process, fed batches over a pipe, one batch there at a time. A new
+    model version is loaded by a new funnel process, beside the one serving (its own GIL and its
+    own core: a load on a thread of the serving process stalled batches for hundreds of ms, and
+    requests at 100/s were refused); once it answers, batches go to it, and the old process ends
+    after answering the batch it holds."""
 
     can_reload = True
 
+    def __init__(
+        self,
+        live: Live,
+        source: Any = None,
+        every: float | None = None,
+        workers: int = 1,
+        on_reload: Callable[[], None] | None = None,
+    ) -> None:
+        """``live``: the loaded first version; ``source`` (a :class:`~recfunnel.serve.reload.
+        ModelSource`) says which versions are newest, checked every ``every`` seconds, on SIGHUP and
+        on ``reload()``; ``on_reload`` is called after a reload asked for over HTTP."""
+        from recfunnel.serve.reload import Reloader
+
+        self.live, self.source, self.on_reload = live, source, on_reload
+        self.reloader = (
+            Reloader(live, source, every=every, workers=workers, load=self._load, on_swap=self._swapped)
+            if source is not None
+            else None
+        )
+        self.state = _state(live)
+        self._tags = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._processes: list[_Process] = []
+        self._closed = False
+
+    @property
+    def pid(self) -> int:
+        return self._current.pid
+
+    @property
+    def _current(self) -> _Process:
+        return self.live.current.funnel
+
     def start(self, close_in_child: Any = None) -> None:
-        """Fork the funnel process (before any event loop runs in this one)."""
-        front, back = Pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                front.close()
-                if close_in_child is not None:
-                    close_in_child.close()  # the listening socket is the front's alone
-                _funnel_process(back, self.live, self.reloader)
-                code = 0
-            except BaseException:
-                log.exception("the funnel process failed")
-            finally:
-                os._exit(code)
-        back.close()
-        self._conn, self.pid = front, pid
+        """Fork the first funnel process (before the event loop starts in this one)."""
+        self._close_in_child = close_in_child
+        process = self._fork(self.live.current, None)
+        self.live.current = replace(self.live.current, funnel=process)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._conn is not None, "start() first"
         self._loop = loop
-        loop.add_reader(self._conn.fileno(), self._read)
+        self._listen(self._current)
+        if self.reloader is not None and self.reloader.every is not None:
+            self.reloader.start()
 
     def run(self, jobs: list[Any]) -> asyncio.Future:
-        return self._ask("batch", jobs)
+        return self._ask(self._current, "batch", jobs)
 
     async def health(self) -> dict[str, Any]:
-        return await self._ask("health", None)
+        return {**(await self._ask(self._current, "health", None)), **self.live.health()}
 
     async def reload(self) -> dict[str, Any]:
-        answer = await self._ask("reload", None)
+        if self.reloader is None:
+            raise Failed("this engine was given no model source to reload from")
+        answer = await asyncio.to_thread(self.reloader.reload)
+        self.state = _state(self.live)
         if self.on_reload is not None:
             self.on_reload()
         return answer
 
     def trigger(self) -> None:
         """Check for new versions soon (e.g. on SIGHUP)."""
-        if self._conn is not None and not self._closed:
-            self._conn.send(("check", -1, None))
+        if self.reloader is not None:
+            self.reloader.trigger()
 
     def close(self) -> None:
-        """End the funnel process (it finishes the batch it runs) and wait for it."""
-        if self._closed or self._conn is None:
+        """End the funnel processes (each finishes the batch it runs) and wait for them."""
+        if self._closed:
             return
         self._closed = True
-        if self._loop is not None:
-            self._loop.remove_reader(self._conn.fileno())
-        self._conn.close()
-        os.waitpid(self.pid, 0)
+        if self.reloader is not None:
+            self.reloader.stop()
+        for process in list(self._processes):
+            self._end(process)
 
-    def _ask(self, kind: str, payload: Any) -> asyncio.Future:
-        assert self._conn is not None and self._loop is not None, "start() and attach() first"
+    # --- processes ------------------------------------------------------------------------
+
+    def _fork(self, served: Any, versions: dict[str, str] | None) -> _Process:
+        """A funnel process serving ``served`` (already loaded here), or loading ``versions``."""
+        front, back = Pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                front.close()
+                for other in self._processes:
+                    other.conn.close()
+                if self._close_in_child is not None:
+                    self._close_in_child.close()  # the listening socket is the front's alone
+                signal.set_wakeup_fd(-1)  # the front's loop listens on it, not this process
+                _funnel_process(back, served, self.source, versions)
+                code = 0
+            except BaseException:
+                log.exception("the funnel process failed")
+            finally:
+                os._exit(code)
+        back.close()
+        process = _Process(pid, front)
+        self._processes.append(process)
+        return process
+
+    def _load(self, versions: dict[str, str]) -> Served:
+        """The reloader's load (on its thread): a new funnel process loads ``versions``; what it
+        serves, once it says it is ready. Raises what made it fail."""
+        assert self._loop is not None
+        forked = asyncio.run_coroutine_threadsafe(self._fork_soon(versions), self._loop)
+        process = forked.result()
+        try:
+            kind, answer = process.conn.recv()
+        except (EOFError, OSError):
+            kind, answer = "failed", "the loading process died; the server log has the details"
+        if kind != "ready":
+            self._loop.call_soon_threadsafe(self._end, process)
+            raise RecfunnelError(answer)
+        self._loop.call_soon_threadsafe(self._listen, process)
+        return Served(process, answer["version"], dict(versions), loaded_at=answer["loaded_at"])
+
+    async def _fork_soon(self, versions: dict[str, str]) -> _Process:
+        return self._fork(None, versions)  # on the loop's thread: no other thread is mid-request
+
+    def _listen(self, process: _Process) -> None:
+        assert self._loop is not None
+        self._loop.add_reader(process.conn.fileno(), self._read, process)
+
+    def _swapped(self, old: Served) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._retire, old.funnel)
+
+    def _retire(self, process: _Process) -> None:
+        process.retired = True
+        if not process.pending:
+            self._end(process)
+
+    def _end(self, process: _Process) -> None:
+        if process not in self._processes:
+            return
+        self._processes.remove(process)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(process.conn.fileno())
+        process.conn.close()  # the process sees the end of its pipe and leaves
+        try:
+            os.waitpid(process.pid, 0)
+        except ChildProcessError:
+            pass
+
+    def _ask(self, process: _Process, kind: str, payload: Any) -> asyncio.Future:
+        assert self._loop is not None, "attach() first"
         future = self._loop.create_future()
-        if self._closed:
+        if self._closed or process not in self._processes:
             future.set_exception(Failed("the funnel process has stopped"))
             return future
         tag = next(self._tags)
-        self._pending[tag] = future
-        self._conn.send((kind, tag, payload))
+        process.pending[tag] = future
+        process.conn.send((kind, tag, payload))
         return future
 
-    def _read(self) -> None:
-        assert self._conn is not None
+    def _read(self, process: _Process) -> None:
         try:
-            while self._conn.poll():
-                tag, answer, state = self._conn.recv()
-                if state is not None:
-                    self.state = state
-                future = self._pending.pop(tag, None)
+            while process.conn.poll():
+                tag, answer = process.conn.recv()
+                future = process.pending.pop(tag, None)
                 if future is not None and not future.done():
                     future.set_result(answer)
         except (EOFError, OSError):
-            self._died()
+            self._died(process)
+            return
+        self.state = _state(self.live)
+        if process.retired and not process.pending:
+            self._end(process)
 
-    def _died(self) -> None:
-        """The funnel process is gone: what waited fails, and this worker stops (a supervisor,
-        with ``--workers``, starts another)."""
-        assert self._conn is not None and self._loop is not None
-        self._loop.remove_reader(self._conn.fileno())
-        self._closed = True
-        _, status = os.waitpid(self.pid, 0)
-        log.error("the funnel process %d died (exit code %d); stopping", self.pid, os.waitstatus_to_exitcode(status))
-        for future in self._pending.values():
+    def _died(self, process: _Process) -> None:
+        """A funnel process is gone: what waited on it fails; if it was serving, this worker stops
+        (a supervisor, with ``--workers``, starts another)."""
+        pending, process.pending = process.pending, {}
+        serving = process is self._current and not self._closed
+        self._end(process)
+        for future in pending.values():
             if not future.done():
                 future.set_exception(Failed("the funnel process died; the server log has the details"))
-        self._pending.clear()
-        os.kill(os.getpid(), signal.SIGTERM)
+        if serving:
+            log.error("the funnel process %d died; stopping", process.pid)
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _funnel_process(conn: Connection, live: Live, reloader: Any) -> None:
-    """The funnel process's loop: a batch (or a question) in, its answer out, until the front
-    closes the pipe. Signals are the front's to handle; reloads run on a thread beside."""
+def _funnel_process(conn: Connection, served: Any, source: Any, versions: dict[str, str] | None) -> None:
+    """A funnel process's loop: a batch (or a question) in, its answer out, until the front closes
+    the pipe. Given ``versions`` instead of ``served``, it loads them first and says whether it is
+    ready (then serves them) or why it failed (then leaves). Signals are the front's to handle."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     # The front's work is short and latency-bound (a refusal, an answer): when both want a core, it
-    # goes first. Measured at 4x the saturating rate on 2 cores: 503s p99 5.8 -> %s ms.
+    # goes first. A process loading a new version yields to the one serving, too.
     os.nice(NICE)
-    first = live.current.folder
-    sending = threading.Lock()
-
-    def send(tag: int, answer: Any, state: EngineState | None = None) -> None:
-        with sending:
-            conn.send((tag, answer, state))
-
-    def reload(tag: int) -> None:
+    if served is None:
+        os.nice(LOADING_NICE)
         try:
-            answer = reloader.reload()
-        except Exception as e:  # never leave the front waiting
-            log.exception("reload failed")
-            answer = {"reloaded": False, "version": live.current.version, "error": str(e), "workers": 1}
-        send(tag, answer, _state(live))
-
-    if reloader.every is not None:
-        reloader.start()
+            served = source.load(versions)
+        except Exception as e:
+            log.error("loading %s failed", versions, exc_info=not isinstance(e, RecfunnelError))
+            conn.send(("failed", str(e).splitlines()[0] if str(e) else type(e).__name__))
+            return
+        gc.freeze()  # like the first version's: collections need not walk what was loaded
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) - LOADING_NICE)
+        except PermissionError:  # raising priority back takes privileges: then it serves as it loaded
+            pass
+        conn.send(("ready", {"version": served.version, "loaded_at": served.loaded_at}))
     try:
         while True:
             try:
@@ -258,23 +348,17 @@ def _funnel_process(conn: Connection, live: Live, reloader: Any) -> None:
             except (EOFError, OSError):
                 return
             if kind == "batch":
-                send(tag, run_batch(live, payload), _state(live))
+                conn.send((tag, run_batch(served, payload)))
             elif kind == "health":
-                send(tag, {**_health(live), "funnel_pid": os.getpid(), "funnel_memory_mib": memory_mib()})
-            elif kind == "reload":
-                threading.Thread(target=reload, args=(tag,), name="reload-now", daemon=True).start()
-            elif kind == "check":
-                reloader.trigger()
+                conn.send((tag, {**_health(served), "funnel_pid": os.getpid(), "funnel_memory_mib": memory_mib()}))
     finally:
-        reloader.stop()
-        if live.current.folder is not None and live.current.folder != first:
-            shutil.rmtree(live.current.folder, ignore_errors=True)
+        if versions is not None and served.folder is not None:  # what this process downloaded
+            shutil.rmtree(served.folder, ignore_errors=True)
 
 
-def run_batch(live: Live, jobs: list[Any]) -> list[Any]:
-    """Every recommendation of the batch through the funnel together, each similar-items lookup
-    on its own; per job ``(result, version served)`` or the exception to raise."""
-    served = live.current
+def run_batch(served: Served, jobs: list[Any]) -> list[Any]:
+    """Every recommendation of the batch through ``served``'s funnel together, each similar-items
+    lookup on its own; per job ``(result, version served)`` or the exception to raise."""
     funnel = served.funnel
     out: list[Any] = [None] * len(jobs)
     asks = []

@@ -18,12 +18,15 @@ tried again, and the old one keeps serving.
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -145,10 +148,22 @@ class Reloader:
     """Swaps in new versions of a :class:`ModelSource`'s models: now (``reload``), on a thread
     every ``every`` seconds, and whenever ``trigger`` is called (e.g. from a signal handler)."""
 
-    def __init__(self, live: Live, source: ModelSource, every: float | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        live: Live,
+        source: ModelSource,
+        every: float | None = None,
+        workers: int = 1,
+        load: Callable[[dict[str, str]], Served] | None = None,
+        on_swap: Callable[[Served], None] | None = None,
+    ) -> None:
+        """``load(versions)``: how a new version is loaded beside the one served (default: in this
+        process, ``source.load``; a process engine loads it in a new funnel process); ``on_swap``
+        is given what was served once the new version serves."""
         if every is not None and not every > 0:
             raise ValueError(f"every: expected a number of seconds > 0, got {every!r}")
         self.live, self.source, self.every, self.workers = live, source, every, workers
+        self.load, self.on_swap = load, on_swap
         self._refused: dict[tuple[tuple[str, str], ...], str] = {}  # versions -> why they were refused
         self._retired: list[Served] = []
         self._wake = threading.Event()
@@ -191,7 +206,11 @@ class Reloader:
     def _load(self, versions: dict[str, str], key: tuple[tuple[str, str], ...]) -> tuple[str | None, bool]:
         start = time.perf_counter()
         try:
-            served = self.source.load(versions)
+            if self.load is not None:
+                served = self.load(versions)
+            else:
+                with _no_collections():
+                    served = self.source.load(versions)
         except Exception as e:  # whatever a broken version does, the old one keeps serving
             error = f"{_describe(versions)} refused: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
             log.error("%s", error, exc_info=not isinstance(e, RecfunnelError))
@@ -200,6 +219,8 @@ class Reloader:
             self.live.last_error = error
             return error, False
         old = self.live.swap(served)
+        if self.on_swap is not None:
+            self.on_swap(old)
         log.warning("now serving %s (loaded in %.1f s)", served.version, time.perf_counter() - start)
         for retired in self._retired:  # kept one swap longer: batches may still run on them
             _remove(retired)
@@ -213,6 +234,22 @@ class Reloader:
             if self._stop.is_set():
                 return
             self.reload()
+
+
+@contextmanager
+def _no_collections() -> Iterator[None]:
+    """Loading a version makes ~400k objects, and the garbage collector, counting them, ran full
+    collections of 100+ ms (measured), each stopping the batches of the same process. None runs
+    during the load; after it, what was loaded is frozen like the first version was (collections
+    skip it), so none has it to walk either."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def _describe(versions: dict[str, str]) -> str:

@@ -23,11 +23,13 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,8 @@ from recfunnel.errors import RecfunnelError
 from recfunnel.funnel.pipeline import Funnel, FunnelConfig
 from recfunnel.serve.app import Batching, create_app
 from recfunnel.serve.engine import ProcessEngine
-from recfunnel.serve.live import Live
-from recfunnel.serve.reload import ModelSource, Reloader
+from recfunnel.serve.live import Live, Served
+from recfunnel.serve.reload import ModelSource
 from recfunnel.serve.workers import run_workers
 
 __all__ = ["serve", "describe", "THREADS", "GRACE_S"]
@@ -70,8 +72,7 @@ def serve(
     torch.set_num_threads(THREADS)
     faiss.omp_set_num_threads(THREADS)
     source = ModelSource(run, ranker=ranker, index=index, config=config)
-    live = Live(source.load(source.versions(), first=True))
-    reloader = Reloader(live, source, every=reload_every, workers=workers)
+    first = source.load(source.versions(), first=True)
     try:
         # ~400k long-lived objects (torch, pandas, the catalogues): a full collection of them took
         # ~150 ms, a stall now and then under load. Frozen, collections skip them (and forked
@@ -83,29 +84,27 @@ def serve(
         url_host = f"[{host}]" if ":" in host else host
         many = f", {workers} workers" if workers > 1 else ""
         print(
-            f"recfunnel serve: {live.current.version} ({describe(live.current.funnel)}{many}) "
-            f"on http://{url_host}:{bound}",
+            f"recfunnel serve: {first.version} ({describe(first.funnel)}{many}) on http://{url_host}:{bound}",
             flush=True,
         )
         with sock:
+            one = partial(_serve_one, first, source, reload_every, workers, sock, batching, log_level)
             if workers == 1:
-                _serve_one(live, reloader, sock, batching, log_level, notify=None)
+                one(notify=None)
             else:
                 supervisor = os.getpid()
                 # a reload asked of one worker over HTTP: the supervisor passes SIGHUP to them all
-                notify = lambda: os.kill(supervisor, signal.SIGHUP)  # noqa: E731
-                run_workers(workers, lambda: _serve_one(live, reloader, sock, batching, log_level, notify), GRACE_S + 5)
+                run_workers(workers, lambda: one(notify=lambda: os.kill(supervisor, signal.SIGHUP)), GRACE_S + 5)
     finally:
-        reloader.stop()
-        if live.current.folder is not None:
-            import shutil
-
-            shutil.rmtree(live.current.folder, ignore_errors=True)
+        if first.folder is not None:  # downloaded models (later versions: their processes remove theirs)
+            shutil.rmtree(first.folder, ignore_errors=True)
 
 
 def _serve_one(
-    live: Live,
-    reloader: Reloader,
+    first: Served,
+    source: ModelSource,
+    reload_every: float | None,
+    workers: int,
     sock: socket.socket,
     batching: Batching | None,
     log_level: str,
@@ -116,7 +115,7 @@ def _serve_one(
     import uvicorn
 
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN) if _main_thread() else None  # until the loop runs
-    engine = ProcessEngine(live, reloader, on_reload=notify)
+    engine = ProcessEngine(Live(first), source, every=reload_every, workers=workers, on_reload=notify)
     engine.start(close_in_child=sock)
     try:
         app = create_app(engine, batching=batching)
