@@ -57,7 +57,7 @@ from recfunnel.serve.batcher import (
     Stopped,
 )
 from recfunnel.serve.engine import EngineState, Failed, InlineEngine, Invalid, ProcessEngine, Similar
-from recfunnel.serve.live import Live, Served
+from recfunnel.serve.live import Live, Served, warm_up
 from recfunnel.serve.metrics import CONTENT_TYPE, Metrics, label, memory_mib
 from recfunnel.serve.middleware import Admission, BodyLimit, RequestMetrics
 from recfunnel.serve.schema import (
@@ -274,19 +274,6 @@ def _id_candidates(text: str) -> list[int | str]:
     if text.lstrip("-").isdigit() and len(text) <= 20:  # longer cannot be an int64 id
         out.append(int(text))
     return out
-
-
-def warm_up(funnel: Any) -> None:
-    """One request of each kind, so that state built on first use is built before serving."""
-    funnel.recommend_many([FunnelRequest(None, 1)])
-    if len(funnel.users.raw_ids):
-        funnel.recommend_many([FunnelRequest(_plain(funnel.users.raw_ids[0]), 1)] * 2)
-    if len(funnel.items.raw_ids):
-        funnel.similar_items(_plain(funnel.items.raw_ids[0]), k=1)
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value  # numpy scalar -> int / str
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -36,6 +36,7 @@ from recfunnel.errors import RecfunnelError
 from recfunnel.funnel.pipeline import Request
 from recfunnel.serve.live import Live, Served
 from recfunnel.serve.metrics import memory_mib
+from recfunnel.serve.reload import Reloader
 from recfunnel.serve.schema import json_type
 
 __all__ = ["InlineEngine", "ProcessEngine", "Similar", "Invalid", "Failed", "EngineState", "run_batch"]
@@ -145,8 +146,6 @@ class ProcessEngine:
         """``live``: the loaded first version; ``source`` (a :class:`~recfunnel.serve.reload.
         ModelSource`) says which versions are newest, checked every ``every`` seconds, on SIGHUP and
         on ``reload()``; ``on_reload`` is called after a reload asked for over HTTP."""
-        from recfunnel.serve.reload import Reloader
-
         self.live, self.source, self.on_reload = live, source, on_reload
         self.reloader = (
             Reloader(live, source, every=every, workers=workers, load=self._load, on_swap=self._swapped)

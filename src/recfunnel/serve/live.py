@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Served", "Live"]
+from recfunnel.funnel.pipeline import Request
+
+__all__ = ["Served", "Live", "warm_up"]
 
 
 @dataclass(frozen=True)
@@ -49,3 +51,16 @@ class Live:
             "refused_versions": self.refused,
             "last_reload_error": self.last_error,
         }
+
+
+def warm_up(funnel: Any) -> None:
+    """One request of each kind, so that state built on first use is built before serving."""
+    funnel.recommend_many([Request(None, 1)])
+    if len(funnel.users.raw_ids):
+        funnel.recommend_many([Request(_plain(funnel.users.raw_ids[0]), 1)] * 2)
+    if len(funnel.items.raw_ids):
+        funnel.similar_items(_plain(funnel.items.raw_ids[0]), k=1)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value  # numpy scalar -> int / str

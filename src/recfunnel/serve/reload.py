@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from recfunnel.errors import RecfunnelError
-from recfunnel.serve.live import Live, Served
+from recfunnel.serve.live import Live, Served, warm_up
 from recfunnel.serve.resolve import is_mlflow_uri, resolve_model
 
 __all__ = ["ModelSource", "Reloader"]
@@ -66,7 +66,6 @@ class ModelSource:
         checked; raises RecfunnelError (naming what failed) when it cannot serve. The index of a
         first load must hold the run's vectors; a later one rebuilds an index that does not."""
         from recfunnel.funnel.pipeline import Funnel
-        from recfunnel.serve.app import warm_up
 
         folder = Path(tempfile.mkdtemp(prefix="recfunnel-serve-"))
         try:
