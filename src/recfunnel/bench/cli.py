@@ -79,11 +79,14 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
         args.run,
         ranker=args.ranker,
         index=args.index,
-        rate=args.rate or [100.0],
+        rates=args.rate,
         seconds=args.seconds,
         k=args.k,
         candidates=args.candidates,
         concurrency=args.concurrency,
+        workers=args.workers or [1],
+        against=args.against,
+        overload=[] if args.no_overload else [2.0, 4.0],
     )
     return show_result(result, args.json, print_serve)
 
@@ -152,17 +155,36 @@ def add_bench_parsers(sub: argparse._SubParsersAction) -> None:
     bp.set_defaults(func=_cmd_bench_index)
     bp = bench.add_parser(
         "serve",
-        help="p50/p99 latency and requests/s of POST /recommend on loopback under an "
-        "open-loop load (a real `recfunnel serve` process)",
+        help="the request rate POST /recommend sustains at p99 <= 50 ms, 503s and recovery past saturation, "
+        "stage times, memory per worker; optionally beside another commit's server (real `recfunnel serve` "
+        "processes, open-loop load, minutes)",
     )
     bp.add_argument("--run", required=True, metavar="RUN_DIR", help="a two-tower run")
     bp.add_argument("--ranker", metavar="RANKER_RUN_DIR")
     bp.add_argument("--index", metavar="INDEX_DIR")
-    bp.add_argument("--rate", type=float, action="append", help="requests/s to offer (repeatable; default 100)")
-    bp.add_argument("--seconds", type=float, default=20.0, help="measured seconds per rate (default 20)")
+    bp.add_argument(
+        "--rate",
+        type=float,
+        action="append",
+        help="measure exactly these req/s (repeatable; default: a sweep up to the first rate not sustained)",
+    )
+    bp.add_argument("--seconds", type=float, default=5.0, help="measured seconds per rate (default 5)")
     bp.add_argument("--k", type=int, default=10)
     bp.add_argument("--candidates", type=int, default=100, help="retrieved per request (default 100)")
-    bp.add_argument("--concurrency", type=int, default=32, help="most requests in flight (default 32)")
+    bp.add_argument("--concurrency", type=int, default=256, help="most requests in flight (default 256)")
+    bp.add_argument(
+        "--workers",
+        type=int,
+        action="append",
+        help="serve with this many workers (repeatable: one server each; default 1)",
+    )
+    bp.add_argument(
+        "--against",
+        metavar="REV",
+        help="also measure this git revision's server first, as the baseline "
+        "(e.g. HEAD~3; its src/ runs on the installed libraries)",
+    )
+    bp.add_argument("--no-overload", action="store_true", help="skip the 2x and 4x overload phases")
     bp.add_argument("--json", action="store_true", help="print one JSON object")
     bp.set_defaults(func=_cmd_bench_serve)
     bp = bench.add_parser(

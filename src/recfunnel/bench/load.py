@@ -75,13 +75,19 @@ async def open_loop(
     concurrency: int = 64,
     keep_body: int = 0,
     timeout: float = 30.0,
+    then: Sequence[tuple[float, float]] = (),
 ) -> list[Record]:
     """Send ``requests`` (encoded, cycled) at ``rate`` per second for ``seconds`` to ``url``'s
-    host and port; a Record per scheduled request, in schedule order. Only the bodies of the
-    first ``keep_body`` answers of each status are kept (parsing them all would cost the schedule)."""
+    host and port, then at each ``(rate, seconds)`` of ``then`` in turn; a Record per scheduled
+    request, in schedule order. Only the bodies of the first ``keep_body`` answers of each status
+    are kept (parsing them all would cost the schedule)."""
     parts = urlsplit(url)
     loop = asyncio.get_running_loop()
-    n = max(1, round(rate * seconds))
+    offsets: list[float] = []
+    for phase_rate, phase_seconds in ((rate, seconds), *then):
+        begin = offsets[-1] + 1 / phase_rate if offsets else 0.0
+        offsets += [begin + i / phase_rate for i in range(max(1, round(phase_rate * phase_seconds)))]
+    n = len(offsets)
     records: list[Record | None] = [None] * n
     idle: list[_Connection] = []
     kept: dict[int, int] = {}
@@ -115,7 +121,7 @@ async def open_loop(
 
     tasks = set()
     for i in range(n):
-        due = start + i / rate
+        due = start + offsets[i]
         if (delay := due - loop.time()) > 0:
             await asyncio.sleep(delay)
         if in_flight >= concurrency:

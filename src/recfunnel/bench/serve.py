@@ -1,81 +1,126 @@
-"""Latency and throughput of ``POST /recommend`` on loopback, under an open-loop load.
+"""The service under load: the request rate it sustains, what it does past saturation, and the
+same load against another commit's server, side by side on one machine.
 
-A real ``recfunnel serve`` child process (funnel: retrieve ``candidates`` -> filter -> rank ->
-re-rank -> top ``k``) and, in this process, a load generator that sends requests on a fixed
-schedule, ``rate`` per second, whatever the answers do (open loop: a slow server is not given
-time to catch up, as a closed loop of back-to-back requests would). At most ``concurrency``
-requests are in flight; one due while that many are waiting is not sent and counts as dropped.
-A request's latency runs from its *scheduled* time to its last byte, so queueing anywhere (the
-generator, the server's socket, its worker pool) shows in it.
+A real ``recfunnel serve`` child process per server measured (funnel: retrieve ``candidates`` ->
+filter -> rank -> re-rank -> top ``k``) and, in this process, an open-loop generator
+(:mod:`recfunnel.bench.load`): requests go out on a fixed schedule whatever the answers do, and a
+latency runs from the request's *scheduled* time to its last byte. Per server:
 
-Each rate gets ``warmup`` seconds of the same load first (not measured). Users are drawn at random
-from the run's known users. The server's own per-stage timings come back in each answer
-(``timings_ms``); their medians are reported beside the client's view. CPU seconds of the server
-(from /proc, Linux), of the generator and of everything else on the machine say how much of it
-each took: the generator shares the machine with the server, and a shared machine is noisy.
+- **sweep**: offered rates rising by ``STEP`` from ``START`` until one fails (p99 over
+  ``p99_ms``, or over ``FAILED_SHARE`` of the requests not answered 200: refused, failed or not
+  sent because ``concurrency`` were in flight), then two bisections between the last pass and the
+  first failure. The **sustained rate** is the highest offered rate that passed. Given ``rates``,
+  exactly those are measured instead.
+- **overload** (this commit's servers): ``overload`` times the sustained rate for ``seconds``, then
+  half the sustained rate for ``RECOVERY_S``: the share refused (503), how fast refusals come
+  back, the admitted requests' p50/p99, any other error, and the **recovery time**: from the end
+  of the overload to the first ``WINDOW_S`` window after which every window has p99 <= ``p99_ms``
+  and only 200s.
+- **stages**: the server's per-stage times per request (stage time of the batch / batch size) at
+  the lowest rate (batches of one) and at the sustained rate (the batched operating point).
+- **memory**: proportional set size of each worker (HTTP loop + funnel process; shared pages split
+  among the processes sharing them), from /proc.
+
+``against``: a git revision whose ``src/`` is extracted to a temporary folder and served by this
+Python (the same installed libraries), measured first, as the baseline of the ratio.
 """
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import json
+import math
 import os
-import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pandas as pd
 
+from recfunnel.bench.load import Record, open_loop, request_bytes, run
+from recfunnel.bench.machine import describe, machine
+from recfunnel.errors import RecfunnelError
 from recfunnel.report import table
+from recfunnel.serve.metrics import memory_mib
 from recfunnel.serve.process import ServerProcess
 from recfunnel.serve.resolve import resolve_model
+from recfunnel.serve.workers import children_of
 
 __all__ = ["bench_serve", "print_serve"]
 
-LATE_MS = 5.0  # a request sent this much after its time: the generator itself fell behind
+START = 50.0  # req/s, the sweep's first rate
+STEP = 1.5  # each next rate of the sweep, until one fails
+MAX_RATE = 50_000.0
+FAILED_SHARE = 0.001  # more requests than this not answered 200: the rate is not sustained
+RECOVERY_S = 4.0
+WINDOW_S = 0.25
+REQUEST_USERS = 2000  # distinct request bodies, cycled
+
+
+@dataclass
+class _Server:
+    name: str
+    args: list[Any]
+    workers: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+    baseline: bool = False
 
 
 def bench_serve(
-    run: str | Path,
+    run_dir: str | Path,
     ranker: str | Path | None = None,
     index: str | Path | None = None,
-    rate: float | Sequence[float] = 100.0,
-    seconds: float = 20.0,
+    rates: Sequence[float] | None = None,
+    seconds: float = 5.0,
+    warmup: float = 1.0,
     k: int = 10,
     candidates: int = 100,
-    concurrency: int = 32,
-    warmup: float = 2.0,
+    concurrency: int = 256,
+    workers: Sequence[int] = (1,),
+    against: str | None = None,
+    overload: Sequence[float] = (2.0, 4.0),
+    p99_ms: float = 50.0,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """One server, then one measured load per ``rate`` (requests/s), in order. Returns the setup
-    and ``runs``: per rate, latency percentiles (ms), achieved requests/s, errors, dropped and late
-    requests, CPU use, and the server's median stage timings (ms)."""
-    rates = [float(rate)] if isinstance(rate, (int, float)) else [float(r) for r in rate]
-    for name, value in (
-        ("seconds", seconds),
-        ("k", k),
-        ("candidates", candidates),
-        ("concurrency", concurrency),
-        *(("rate", r) for r in rates),
-    ):
+    """Each server in turn (``against`` first, then this commit with each count of ``workers``):
+    its sweep, sustained rate, overload phases, stage times and memory."""
+    for name, value in (("seconds", seconds), ("k", k), ("candidates", candidates), ("p99_ms", p99_ms)):
         if not value > 0:
             raise ValueError(f"{name}: expected a number > 0, got {value!r}")
-    users = _known_users(run)
-    args: list[Any] = ["--run", run, "--set", f"candidates={candidates}"]
-    if ranker is not None:
-        args += ["--ranker", ranker]
-    if index is not None:
-        args += ["--index", index]
-    with ServerProcess(args) as server:
-        runs = [asyncio.run(_measure(server, users, r, seconds, warmup, k, concurrency, seed)) for r in rates]
+    if not all(isinstance(w, int) and w >= 1 for w in workers):
+        raise ValueError(f"workers: expected integers >= 1, got {list(workers)!r}")
+    rng = np.random.default_rng(seed)
+    users = _known_users(run_dir)
+    bodies = [
+        request_bytes("127.0.0.1", "/recommend", {"user_id": users[i], "k": k})
+        for i in rng.integers(0, len(users), REQUEST_USERS)
+    ]
+    common: list[Any] = ["--run", run_dir, "--set", f"candidates={candidates}"]
+    common += ["--ranker", ranker] if ranker is not None else []
+    common += ["--index", index] if index is not None else []
+    results = []
+    with ExitStack() as stack:
+        servers = []
+        if against is not None:
+            old_src = stack.enter_context(_source_of(against))
+            servers.append(_Server(f"{against} (before)", common, env={"PYTHONPATH": old_src}, baseline=True))
+        here = _revision()
+        for w in workers:
+            extra = ["--workers", str(w)] if w > 1 else []
+            servers.append(_Server(f"{here}{f', {w} workers' if w > 1 else ''}", common + extra, workers=w))
+        for server in servers:
+            results.append(_bench_one(server, bodies, rates, seconds, warmup, concurrency, overload, p99_ms))
+    baseline = next((r["sustained"] for r in results if r["baseline"]), None)
+    for r in results:
+        r["vs_baseline"] = round(r["sustained"] / baseline, 2) if baseline and r["sustained"] else None
     return {
-        "run": str(run),
+        "run": str(run_dir),
         "ranker": None if ranker is None else str(ranker),
         "index": "exact, built in memory" if index is None else str(index),
         "k": k,
@@ -83,16 +128,174 @@ def bench_serve(
         "concurrency": concurrency,
         "seconds": seconds,
         "warmup": warmup,
-        "users": len(users),
-        "cores": os.cpu_count(),
-        "runs": runs,
+        "p99_ms": p99_ms,
+        "machine": machine(threads=1),
+        "servers": results,
     }
 
 
-def _known_users(run: str | Path) -> list[Any]:
+def _bench_one(
+    server: _Server,
+    bodies: list[bytes],
+    rates: Sequence[float] | None,
+    seconds: float,
+    warmup: float,
+    concurrency: int,
+    overload: Sequence[float],
+    p99_ms: float,
+) -> dict[str, Any]:
+    print(f"bench serve: {server.name} ...", file=sys.stderr, flush=True)
+    with ServerProcess(server.args, env=server.env) as process:
+
+        def step(rate: float) -> dict[str, Any]:
+            if warmup > 0:
+                run(open_loop(process.url, bodies, rate, warmup, concurrency=concurrency))
+            cpu = _tree_cpu(process.process.pid)
+            start = time.perf_counter()
+            records = run(open_loop(process.url, bodies, rate, seconds, concurrency=concurrency, keep_body=400))
+            cores = (_tree_cpu(process.process.pid) - cpu) / (time.perf_counter() - start)
+            result = _summary(records, rate, seconds, p99_ms)
+            result["server_cores"] = round(cores, 2)
+            print(
+                f"  {rate:,.0f} req/s offered: p99 {result['p99_ms']:.1f} ms, {result['not_ok']} not answered 200"
+                f"{'' if result['passed'] else ' (not sustained)'}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return result
+
+        sweep = [step(r) for r in rates] if rates else _sweep(step)
+        passed = [s for s in sweep if s["passed"]]
+        sustained = max((s["rate"] for s in passed), default=0.0)
+        phases = []
+        if not server.baseline and sustained > 0:
+            for factor in overload:
+                phases.append(_overload(process, bodies, factor, sustained, seconds, concurrency, p99_ms))
+        stages = {
+            "lowest rate": min(sweep, key=lambda s: s["rate"])["stages_per_request"],
+            "sustained rate": max(passed, key=lambda s: s["rate"])["stages_per_request"] if passed else {},
+        }
+        memory = _worker_memory(process.process.pid, server.workers)
+        total_pss = round(sum(m["pss"] for m in (memory_mib(p) for p in _tree(process.process.pid)) if m), 1)
+    return {
+        "server": server.name,
+        "workers": server.workers,
+        "baseline": server.baseline,
+        "sweep": sweep,
+        "sustained": sustained,
+        "overload": phases,
+        "stages": stages,
+        "memory_mib": memory,
+        "total_pss_mib": total_pss,
+    }
+
+
+def _sweep(step: Any) -> list[dict[str, Any]]:
+    """Rising rates until one fails, then two bisections between the last pass and that failure."""
+    results, rate = [], START
+    while rate <= MAX_RATE:
+        results.append(step(rate))
+        if not results[-1]["passed"]:
+            break
+        rate = round(rate * STEP)
+    low = max((r["rate"] for r in results if r["passed"]), default=0.0)
+    high = min((r["rate"] for r in results if not r["passed"]), default=None)
+    for _ in range(2):
+        if high is None or low == 0 or high - low < 0.05 * low:
+            break
+        middle = round((low + high) / 2)
+        results.append(step(middle))
+        low, high = (middle, high) if results[-1]["passed"] else (low, middle)
+    return sorted(results, key=lambda r: r["rate"])
+
+
+def _summary(records: list[Record], rate: float, seconds: float, p99_ms: float) -> dict[str, Any]:
+    latency = np.array([r.latency for r in records if r.status is not None]) * 1000
+    ok = [r for r in records if r.status == 200]
+    statuses = [r.status for r in records]
+    not_ok = len(records) - len(ok)
+    p50, p99 = (float(np.percentile(latency, q)) for q in (50, 99)) if len(latency) else (math.nan, math.nan)
+    # p99 over every request sent: a refusal is fast, and must not make a rate look sustained
+    passed = bool(len(latency)) and p99 <= p99_ms and not_ok <= FAILED_SHARE * len(records)
+    answers = [json.loads(r.body) for r in ok if r.body]
+    return {
+        "rate": rate,
+        "scheduled": len(records),
+        "achieved": round(len(ok) / seconds, 1),
+        "p50_ms": round(p50, 2),
+        "p99_ms": round(p99, 2),
+        "refused": statuses.count(503),
+        "errors": sum(1 for r in records if r.status not in (200, 503) and not r.dropped),
+        "dropped": sum(r.dropped for r in records),
+        "not_ok": not_ok,
+        "passed": passed,
+        "batch": float(np.median([a.get("batch", 1) for a in answers])) if answers else None,
+        "stages_per_request": _stages(answers),
+    }
+
+
+def _stages(answers: list[dict[str, Any]]) -> dict[str, float]:
+    """Median milliseconds per request of each funnel stage: the batch's time over its size."""
+    out: dict[str, list[float]] = {}
+    for answer in answers:
+        batch = answer.get("batch", 1)
+        for stage, ms in answer.get("timings_ms", {}).items():
+            if stage not in ("queue", "total"):
+                out.setdefault(stage, []).append(ms / batch)
+    return {stage: round(float(np.median(v)), 3) for stage, v in out.items()}
+
+
+def _overload(
+    process: ServerProcess,
+    bodies: list[bytes],
+    factor: float,
+    sustained: float,
+    seconds: float,
+    concurrency: int,
+    p99_ms: float,
+) -> dict[str, Any]:
+    offered, after = factor * sustained, sustained / 2
+    records = run(open_loop(process.url, bodies, offered, seconds, concurrency=concurrency, then=[(after, RECOVERY_S)]))
+    end = records[0].due + round(offered * seconds) / offered
+    during = [r for r in records if r.due < end]
+    admitted = np.array([r.latency for r in during if r.status == 200]) * 1000
+    refused = np.array([r.latency for r in during if r.status == 503]) * 1000
+    q = lambda v, p: round(float(np.percentile(v, p)), 2) if len(v) else None  # noqa: E731
+    return {
+        "factor": factor,
+        "offered": round(offered, 1),
+        "admitted_per_s": round(len(admitted) / seconds, 1),
+        "admitted_p50_ms": q(admitted, 50),
+        "admitted_p99_ms": q(admitted, 99),
+        "refused_share": round(len(refused) / len(during), 4),
+        "refused_p50_ms": q(refused, 50),
+        "refused_p99_ms": q(refused, 99),
+        "errors": sum(1 for r in during if r.status not in (200, 503) and not r.dropped),
+        "dropped": sum(r.dropped for r in during),
+        "recovery_s": _recovery(records, end, p99_ms),
+    }
+
+
+def _recovery(records: list[Record], end: float, p99_ms: float) -> float | None:
+    """Seconds from ``end`` to the first window after which every window is normal again."""
+    after = [r for r in records if r.due >= end]
+    windows: dict[int, list[Record]] = {}
+    for r in after:
+        windows.setdefault(int((r.due - end) / WINDOW_S), []).append(r)
+    normal = [
+        all(r.status == 200 for r in w) and np.percentile([r.latency for r in w], 99) * 1000 <= p99_ms
+        for _, w in sorted(windows.items())
+    ]
+    for i in range(len(normal)):
+        if all(normal[i:]):
+            return round(i * WINDOW_S, 2)
+    return None
+
+
+def _known_users(run_dir: str | Path) -> list[Any]:
     """Raw ids of the users a two-tower run (folder or MLflow URI) knows."""
     with tempfile.TemporaryDirectory(prefix="recfunnel-bench-") as tmp:
-        folder = resolve_model(run, tmp)
+        folder = resolve_model(run_dir, tmp)
         if (folder / "model" / "model.pt").is_file():
             folder = folder / "model"
         user_key = json.loads((folder / "manifest.json").read_text())["roles"]["user"]
@@ -100,176 +303,177 @@ def _known_users(run: str | Path) -> list[Any]:
     return [u.item() if hasattr(u, "item") else u for u in users.to_numpy()]
 
 
-async def _measure(
-    server: ServerProcess,
-    users: list[Any],
-    rate: float,
-    seconds: float,
-    warmup: float,
-    k: int,
-    concurrency: int,
-    seed: int,
-) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    rng = np.random.default_rng(seed)
-    gc.collect()
-    gc.freeze()  # a full collection of this process's long-lived objects would stall the schedule
-    async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as client:
-        if warmup > 0:
-            await _load(client, users, rate, warmup, k, concurrency, rng)
-        server_cpu, client_cpu, busy = _cpu_seconds(server.process.pid), time.process_time(), _busy_seconds()
-        result = await _load(client, users, rate, seconds, k, concurrency, rng)
-        server_cpu = _cpu_seconds(server.process.pid) - server_cpu if server_cpu is not None else None
-        client_cpu = time.process_time() - client_cpu
-        busy = _busy_seconds() - busy if busy is not None else None
-    other = busy - server_cpu - client_cpu if busy is not None and server_cpu is not None else None
-    return _summary(result, rate, server_cpu, client_cpu, other)
+class _source_of:
+    """A git revision's ``src/`` in a temporary folder (removed on exit)."""
+
+    def __init__(self, revision: str) -> None:
+        self.revision = revision
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> str:
+        self._tmp = tempfile.TemporaryDirectory(prefix="recfunnel-against-")
+        archive = subprocess.run(["git", "archive", self.revision, "src"], capture_output=True)
+        if archive.returncode != 0:
+            self._tmp.cleanup()
+            reason = archive.stderr.decode(errors="replace").strip().splitlines()
+            raise RecfunnelError(f"--against {self.revision}: not a revision of this git checkout ({reason[0]})")
+        subprocess.run(["tar", "-x", "-C", self._tmp.name], input=archive.stdout, check=True)
+        return str(Path(self._tmp.name) / "src")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
 
-async def _load(
-    client: httpx.AsyncClient,
-    users: list[Any],
-    rate: float,
-    seconds: float,
-    k: int,
-    concurrency: int,
-    rng: np.random.Generator,
-) -> dict[str, Any]:
-    """Send ``rate * seconds`` requests on schedule; collect each one's latency, status, timings."""
-    loop = asyncio.get_running_loop()
-    n = max(1, round(rate * seconds))
-    picks = rng.integers(0, len(users), n)
-    records: list[tuple[float, int | None, dict[str, float] | None]] = []
-    in_flight, dropped, late = 0, 0, 0
-    start = loop.time() + 0.01
+def _revision() -> str:
+    """This checkout's short commit (``+`` when the tree has changes), or ``this tree``."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "this tree"
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
-    async def one(scheduled: float, user: Any) -> None:
-        nonlocal in_flight
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children_of(p)
+    return out
+
+
+def _tree_cpu(pid: int) -> float:
+    """User + system CPU seconds so far of a process and its descendants (Linux /proc)."""
+    total = 0.0
+    for p in _tree(pid):
         try:
-            response = await client.post("/recommend", json={"user_id": user, "k": k})
-            timings = response.json().get("timings_ms") if response.status_code == 200 else None
-            records.append((loop.time() - scheduled, response.status_code, timings))
-        except httpx.HTTPError:
-            records.append((loop.time() - scheduled, None, None))
-        finally:
-            in_flight -= 1
-
-    tasks = []
-    for i in range(n):
-        scheduled = start + i / rate
-        if (delay := scheduled - loop.time()) > 0:
-            await asyncio.sleep(delay)
-        elif -delay * 1000 > LATE_MS:
-            late += 1
-        if in_flight >= concurrency:
-            dropped += 1
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
             continue
-        in_flight += 1
-        tasks.append(asyncio.create_task(one(scheduled, users[picks[i]])))
-    await asyncio.gather(*tasks)
-    return {"records": records, "elapsed": loop.time() - start, "scheduled": n, "dropped": dropped, "late": late}
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
-def _summary(
-    result: dict[str, Any], rate: float, server_cpu: float | None, client_cpu: float, other_cpu: float | None
-) -> dict[str, Any]:
-    records, elapsed = result["records"], result["elapsed"]
-    ok = [r for r in records if r[1] == 200]
-    latency = np.array([r[0] for r in ok]) * 1000
-    quantiles = np.percentile(latency, [50, 90, 99]) if len(latency) else [float("nan")] * 3
-    stages: dict[str, list[float]] = {}
-    for _, _, timings in ok:
-        for stage, ms in (timings or {}).items():
-            stages.setdefault(stage, []).append(ms)
-    return {
-        "rate": rate,
-        "scheduled": result["scheduled"],
-        "sent": len(records),
-        "ok": len(ok),
-        "errors": len(records) - len(ok),
-        "dropped": result["dropped"],
-        "late": result["late"],
-        "requests_per_s": round(len(ok) / elapsed, 1),
-        "p50_ms": round(float(quantiles[0]), 2),
-        "p90_ms": round(float(quantiles[1]), 2),
-        "p99_ms": round(float(quantiles[2]), 2),
-        "max_ms": round(float(latency.max()), 2) if len(latency) else float("nan"),
-        "server_cores": None if server_cpu is None else round(server_cpu / elapsed, 2),
-        "client_cores": round(client_cpu / elapsed, 2),
-        "other_cores": None if other_cpu is None else round(max(0.0, other_cpu) / elapsed, 2),
-        "server_stage_ms": {s: round(statistics.median(v), 3) for s, v in stages.items()},
-    }
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far (Linux /proc; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _busy_seconds() -> float | None:
-    """CPU seconds the whole machine spent busy so far, all cores (Linux /proc/stat; None elsewhere):
-    what other processes took from a shared machine during a measurement."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+def _worker_memory(pid: int, workers: int) -> list[dict[str, float]]:
+    """Per worker: PSS and RSS of its processes (HTTP loop, funnel) together, in MiB."""
+    out = []
+    for top in [pid] if workers == 1 else children_of(pid):
+        parts = [m for m in (memory_mib(p) for p in _tree(top)) if m]
+        out.append({key: round(sum(m.get(key, 0.0) for m in parts), 1) for key in ("pss", "rss")})
+    return out
 
 
 def print_serve(result: dict[str, Any]) -> None:
-    runs = result["runs"]
+    servers = result["servers"]
+    ranker = " -> rank" if result["ranker"] else ""
+    print(
+        f"POST /recommend on loopback: retrieve {result['candidates']}{ranker} -> re-rank -> top {result['k']}; "
+        f"open loop, {result['seconds']:g} s per rate after {result['warmup']:g} s warm-up, at most "
+        f"{result['concurrency']} in flight\n{describe(result['machine'])}\n"
+    )
     rows = [
         [
+            s["server"],
             r["rate"],
-            r["requests_per_s"],
+            r["achieved"],
             r["p50_ms"],
-            r["p90_ms"],
             r["p99_ms"],
-            r["max_ms"],
+            r["refused"],
             r["errors"],
             r["dropped"],
-            r["late"],
+            r["batch"],
             r["server_cores"],
-            r["client_cores"],
-            r["other_cores"],
+            "yes" if r["passed"] else "no",
         ]
-        for r in runs
+        for s in servers
+        for r in s["sweep"]
     ]
-    ranker = f" -> rank ({result['ranker']})" if result["ranker"] else ""
     print(
         table(
             rows,
             [
-                "target req/s",
-                "achieved req/s",
+                "server",
+                "offered/s",
+                "answered 200/s",
                 "p50 ms",
-                "p90 ms",
                 "p99 ms",
-                "max ms",
+                "503",
                 "errors",
                 "dropped",
-                "late",
+                "batch",
                 "server cores",
-                "client cores",
-                "other cores",
+                "sustained",
             ],
-            title=f"POST /recommend on loopback: retrieve {result['candidates']}{ranker} -> top {result['k']}; "
-            f"{result['seconds']:g} s per rate after {result['warmup']:g} s warm-up, open loop, at most "
-            f"{result['concurrency']} in flight, {result['users']:,} users, {result['cores']} cores",
+            title=f"rate sweep (sustained: p99 <= {result['p99_ms']:g} ms over every request, "
+            f"<= {FAILED_SHARE:.1%} not answered 200)",
         )
     )
-    stages = list(dict.fromkeys(s for r in runs for s in r["server_stage_ms"]))
     print()
     print(
         table(
-            [[r["rate"], *(r["server_stage_ms"].get(s) for s in stages)] for r in runs],
-            ["target req/s", *(f"{s} ms" for s in stages)],
-            title="server-side timings, median per request (queue: waiting for a funnel thread; total: the "
-            "funnel call)",
+            [[s["server"], s["sustained"], s["vs_baseline"], *_memory_cells(s), s["total_pss_mib"]] for s in servers],
+            ["server", "sustained req/s", "x baseline", "PSS MiB per worker", "RSS MiB per worker", "PSS MiB in all"],
+            title="sustained rate and memory",
         )
     )
+    phases = [(s["server"], p) for s in servers for p in s["overload"]]
+    if phases:
+        print()
+        print(
+            table(
+                [
+                    [
+                        name,
+                        f"{p['factor']:g}x",
+                        p["offered"],
+                        p["admitted_per_s"],
+                        p["admitted_p50_ms"],
+                        p["admitted_p99_ms"],
+                        f"{p['refused_share']:.1%}",
+                        p["refused_p50_ms"],
+                        p["refused_p99_ms"],
+                        p["errors"],
+                        p["dropped"],
+                        "never" if p["recovery_s"] is None else p["recovery_s"],
+                    ]
+                    for name, p in phases
+                ],
+                [
+                    "server",
+                    "overload",
+                    "offered/s",
+                    "admitted/s",
+                    "admitted p50",
+                    "admitted p99",
+                    "503 share",
+                    "503 p50 ms",
+                    "503 p99 ms",
+                    "errors",
+                    "dropped",
+                    "recovery s",
+                ],
+                title=f"past saturation: x the sustained rate for {result['seconds']:g} s, then half of it for "
+                f"{RECOVERY_S:g} s (recovery: until every {WINDOW_S:g} s window has p99 <= {result['p99_ms']:g} ms "
+                "and only 200s)",
+            )
+        )
+    stages = list(dict.fromkeys(st for s in servers for v in s["stages"].values() for st in v))
+    print()
+    print(
+        table(
+            [
+                [s["server"], where, *(s["stages"][where].get(st) for st in stages)]
+                for s in servers
+                for where in s["stages"]
+            ],
+            ["server", "at", *(f"{st} ms" for st in stages)],
+            title="server time per request by stage (a batch's time over its size; medians)",
+        )
+    )
+
+
+def _memory_cells(server: dict[str, Any]) -> list[str]:
+    memory = server["memory_mib"]
+    return [", ".join(f"{m[key]:,.0f}" for m in memory) for key in ("pss", "rss")]

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from recfunnel.bench.machine import matmul_gflops
 from recfunnel.config import OptimizerConfig, load_config
 from recfunnel.data.format.manifest import DenseFeature, Label, Manifest, SparseFeature, SplitInfo
 from recfunnel.models.ranker import build_ranker
@@ -54,8 +55,6 @@ LR = 0.01
 EMBEDDING_OPTIMIZER = "adagrad"  # fused into TorchRec's kernel; the same maths as the baseline's Adagrad
 DISTINCT_BATCHES = 4
 WARMUP_STEPS = 3
-MATMUL_SIZE = 2048
-MATMUL_TIMES = 5
 
 
 class _Batch(NamedTuple):
@@ -129,7 +128,7 @@ def bench_train(
         for _ in range(repeats):
             for name, step in variants.items():
                 runs[name].append(_rate(step, steps, batch_size, device))
-            runs["matmul_gflops"].append(_matmul_gflops(device))
+            runs["matmul_gflops"].append(matmul_gflops(device))
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(previous_threads)
@@ -232,20 +231,6 @@ def _rate(step: Callable[[int], None], steps: int, batch_size: int, device: torc
         step(i)
     _sync(device)
     return steps * batch_size / (time.perf_counter() - start)
-
-
-def _matmul_gflops(device: torch.device) -> float:
-    """Median fp32 GFLOP/s of square MATMUL_SIZE matmuls."""
-    a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device) for _ in range(2))
-    a @ b  # warm-up
-    times = []
-    for _ in range(MATMUL_TIMES):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return 2 * MATMUL_SIZE**3 / statistics.median(times) / 1e9
 
 
 def _recfunnel_step(batches: list[_Batch], rows: int, world: World) -> Callable[[int], None]:
