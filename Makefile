@@ -42,7 +42,7 @@ bench: demo
 	$(VENV)/recfunnel prepare synthetic --rows 300000 --out $(DEMO_DIR)/bench-scale --overwrite --quiet
 	$(VENV)/recfunnel bench scale $(DEMO_DIR)/bench-scale
 	$(VENV)/recfunnel bench index
-	$(VENV)/recfunnel bench serve --run $(DEMO_DIR)/runs/two-tower --ranker $(DEMO_DIR)/runs/dlrm --index $(DEMO_DIR)/index --rate 100 --rate 200
+	$(VENV)/recfunnel bench serve --run $(DEMO_DIR)/runs/two-tower --ranker $(DEMO_DIR)/runs/dlrm --index $(DEMO_DIR)/index --workers 1 --workers 2
 
 mlflow-ui: setup
 	$(VENV)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
