@@ -16,7 +16,9 @@ encoded once, and answers are parsed only as far as the status line and Content-
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,7 +87,8 @@ async def open_loop(
     before the schedule starts, as long-lived clients would hold them (else a burst of connects
     at the start of a fast schedule is measured too)."""
     parts = urlsplit(url)
-    loop = asyncio.get_running_loop()
+    # times from perf_counter: uvloop's loop.time() is the loop iteration's, in whole milliseconds
+    clock = time.perf_counter
     offsets: list[float] = []
     for phase_rate, phase_seconds in ((rate, seconds), *then):
         begin = offsets[-1] + 1 / phase_rate if offsets else 0.0
@@ -99,28 +102,32 @@ async def open_loop(
         *(asyncio.open_connection(parts.hostname, parts.port) for _ in range(min(preconnect, concurrency)))
     ):
         idle.append(_Connection(reader, writer))
-    start = loop.time() + 0.01
+    start = clock() + 0.01
 
     async def one(i: int, due: float) -> None:
         nonlocal in_flight
+        # from when it was due, or from when it went out if a timer fired early (uvloop's are
+        # in whole milliseconds; waiting out the rest in a loop cost the server CPU)
+        begin = min(due, clock())
         conn = idle.pop() if idle else None
         try:
             if conn is None:
                 reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
                 conn = _Connection(reader, writer)
-            status, body, keep = await asyncio.wait_for(conn.exchange(requests[i % len(requests)]), timeout)
-            answered = loop.time()
+            async with asyncio.timeout(timeout):  # not wait_for: a task per request
+                status, body, keep = await conn.exchange(requests[i % len(requests)])
+            answered = clock()
             if kept.get(status, 0) < keep_body:
                 kept[status] = kept.get(status, 0) + 1
             else:
                 body = b""
-            records[i] = Record(due - start, answered - due, status, body)
+            records[i] = Record(due - start, answered - begin, status, body)
             if keep:
                 idle.append(conn)
             else:
                 conn.close()
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-            records[i] = Record(due - start, loop.time() - due, None)
+            records[i] = Record(due - start, clock() - begin, None)
             if conn is not None:
                 conn.close()
         finally:
@@ -129,7 +136,7 @@ async def open_loop(
     tasks = set()
     for i in range(n):
         due = start + offsets[i]
-        if (delay := due - loop.time()) > 0:
+        if (delay := due - clock()) > 0:
             await asyncio.sleep(delay)
         if in_flight >= concurrency:
             records[i] = Record(due - start, float("nan"), None, dropped=True)
@@ -146,9 +153,16 @@ async def open_loop(
 
 
 def run(coro: Any) -> Any:
-    """``asyncio.run`` on uvloop when it is installed (a third of the generator's CPU per request)."""
+    """``asyncio.run`` on uvloop when it is installed (a third of the generator's CPU per request),
+    with the garbage collector off: a collection over the records of earlier steps stalled the
+    generator for ~50 ms, and its lateness counted as the server's latency."""
+    gc.collect()
+    gc.disable()
     try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run(coro)
+        return uvloop.run(coro)
+    finally:
+        gc.enable()

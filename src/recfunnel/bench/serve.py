@@ -59,6 +59,7 @@ STEP = 1.5  # each next rate of the sweep, until one fails
 MAX_RATE = 50_000.0
 FAILED_SHARE = 0.001  # more requests than this not answered 200: the rate is not sustained
 RECOVERY_S = 4.0
+PRECONNECT = 64  # connections opened before a step's schedule starts (the server sees requests, not handshakes)
 WINDOW_S = 0.25
 REQUEST_USERS = 2000  # distinct request bodies, cycled
 
@@ -152,7 +153,11 @@ def _bench_one(
                 run(open_loop(process.url, bodies, rate, warmup, concurrency=concurrency))
             cpu = _tree_cpu(process.process.pid)
             start = time.perf_counter()
-            records = run(open_loop(process.url, bodies, rate, seconds, concurrency=concurrency, keep_body=400))
+            records = run(
+                open_loop(
+                    process.url, bodies, rate, seconds, concurrency=concurrency, keep_body=400, preconnect=PRECONNECT
+                )
+            )
             cores = (_tree_cpu(process.process.pid) - cpu) / (time.perf_counter() - start)
             result = _summary(records, rate, seconds, p99_ms)
             result["server_cores"] = round(cores, 2)
@@ -255,7 +260,18 @@ def _overload(
     p99_ms: float,
 ) -> dict[str, Any]:
     offered, after = factor * sustained, sustained / 2
-    records = run(open_loop(process.url, bodies, offered, seconds, concurrency=concurrency, then=[(after, RECOVERY_S)]))
+    # every connection open first: an overload is of requests, not of TCP handshakes
+    records = run(
+        open_loop(
+            process.url,
+            bodies,
+            offered,
+            seconds,
+            concurrency=concurrency,
+            then=[(after, RECOVERY_S)],
+            preconnect=concurrency,
+        )
+    )
     end = records[0].due + round(offered * seconds) / offered
     during = [r for r in records if r.due < end]
     admitted = np.array([r.latency for r in during if r.status == 200]) * 1000

@@ -93,7 +93,12 @@ def _repeated(users: list[UserFeatures], user_key: str, key: str, counts: list[i
     """(lengths, values) of user feature ``key``, each user's ids repeated on ``counts[u]`` rows."""
     ids = [_user_ids(u, user_key, key) for u in users]
     lengths = np.repeat(np.array([len(i) for i in ids], np.int32), counts)
-    values = np.concatenate([np.tile(i, n) for i, n in zip(ids, counts)]) if ids else np.zeros(0, np.int64)
+    if not ids:
+        values = np.zeros(0, np.int64)
+    elif all(len(i) == 1 for i in ids):  # one id a user (most features): a single repeat
+        values = np.repeat(np.concatenate(ids), counts)
+    else:
+        values = np.concatenate([np.tile(i, n) for i, n in zip(ids, counts)])
     return lengths, values
 
 

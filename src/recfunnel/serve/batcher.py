@@ -1,16 +1,17 @@
 """Dynamic micro-batching with bounded admission: the service's requests go through the funnel
 together, and those that could not be answered in time are refused at once.
 
-    batcher = Batcher(engine.run, max_batch=16, max_wait_ms=2, max_queue_ms=20)
+    batcher = Batcher(engine.run, max_batch=8, max_wait_ms=2, max_queue_ms=20)
     result, queued_s = await batcher.submit(Request(user_id=196, k=10))   # or raises Overloaded
 
-One funnel call for a batch of 16 users costs about what 5 single calls do (the models' per-call
+One funnel call for a batch of 8 users costs about what 3 single calls do (the models' per-call
 dispatch dominates one user's few microseconds of arithmetic). A batch starts when ``max_batch``
 requests wait, or ``max_wait_ms`` after the first of them came (the way Triton's and TorchServe's
 dynamic batchers do); under load, batches fill by themselves while the one before runs.
 
-``call`` returns a future of the batch's results: one batch is out at a time (in the funnel
-process, :mod:`recfunnel.serve.engine`), and the next gathers meanwhile. An engine that runs the
+``call`` returns a future of the batch's results. Up to ``MAX_OUT`` batches are out at once (in
+the funnel process, :mod:`recfunnel.serve.engine`): the one running and a full one behind it, so
+the funnel has the next at hand when it finishes; the rest gather meanwhile. An engine that runs the
 batch on the loop's thread hands back a finished future; then ``gap_s`` after each batch lets the
 loop read what came meanwhile before the next one starts.
 

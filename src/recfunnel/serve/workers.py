@@ -2,14 +2,14 @@
 
     run_workers(2, serve_one)   # forks two children, each calling serve_one() until SIGTERM
 
-The children share the listening socket (the kernel hands each connection to one of them) and the
-parent's memory copy-on-write: the weights, the index and the catalogues stay one copy in RAM
-however many workers there are (a child's own pages are mostly its Python objects' reference
-counts). The parent supervises: SIGTERM or SIGINT is passed on to every child, which stops taking
-connections and finishes the requests it holds, and the parent returns once all have gone (SIGKILL
-after ``grace`` seconds); SIGHUP is passed on (the children reload their models); a child that
-dies on its own is logged and replaced, unless children keep dying at once (then all stop and
-:class:`RecfunnelError` says so).
+The children share the port (each on a socket of its own where SO_REUSEPORT spreads connections
+over them, see :mod:`recfunnel.serve.server`) and the parent's memory copy-on-write: the weights,
+the index and the catalogues stay one copy in RAM however many workers there are (a child's own
+pages are mostly its Python objects' reference counts). The parent supervises: SIGTERM or SIGINT
+is passed on to every child, which stops taking connections and finishes the requests it holds,
+and the parent returns once all have gone (SIGKILL after ``grace`` seconds); SIGHUP is passed on
+(the children reload their models); a child that dies on its own is logged and replaced, unless
+children keep dying at once (then all stop and :class:`RecfunnelError` says so).
 """
 
 from __future__ import annotations
