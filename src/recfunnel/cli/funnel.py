@@ -191,7 +191,8 @@ def add_funnel_parsers(sub: argparse._SubParsersAction) -> None:
         "--max-wait-ms",
         type=float,
         default=MAX_WAIT_MS,
-        help=f"longest wait for a batch to fill after a quiet spell (default {MAX_WAIT_MS:g})",
+        help=f"wait this long for a batch to fill after a quiet spell (default {MAX_WAIT_MS:g}: go at once; "
+        "under load, batches fill while the one before runs)",
     )
     p.add_argument(
         "--max-queue-ms",
