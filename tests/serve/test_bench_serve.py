@@ -7,7 +7,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_serving_benchmark_measures_two_servers_side_by_side(runs, capsys):
-    from recfunnel.bench.serve import bench_serve, print_serve
+    from recfunnel.bench.serve import bench_serve
+    from recfunnel.bench.serve_report import print_serve
 
     result = bench_serve(
         runs / "two-tower",

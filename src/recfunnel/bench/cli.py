@@ -73,7 +73,8 @@ def _cmd_bench_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_serve(args: argparse.Namespace) -> int:
-    from recfunnel.bench.serve import bench_serve, print_serve
+    from recfunnel.bench.serve import bench_serve
+    from recfunnel.bench.serve_report import print_serve
 
     result = bench_serve(
         args.run,

@@ -53,7 +53,6 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.waiter: asyncio.Future | None = None
-        self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -87,13 +86,12 @@ class _Connection(asyncio.Protocol):
         self.waiter.set_result((status, body, keep))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(ConnectionResetError("the server closed the connection"))
 
     async def exchange(self, request: bytes) -> tuple[int, bytes, bool]:
         """(status, body, keep-alive) of one request on this connection."""
-        if self.closed or self.transport is None:
+        if self.transport is None or self.transport.is_closing():
             raise ConnectionResetError("the connection is closed")
         self.waiter = asyncio.get_running_loop().create_future()
         self.transport.write(request)

@@ -73,8 +73,7 @@ def serve(
     logging.basicConfig(format="recfunnel serve [%(process)d]: %(message)s", level=logging.WARNING)
     torch.set_num_threads(THREADS)
     faiss.omp_set_num_threads(THREADS)
-    # numpy's OpenBLAS too (MMR's product): its second thread, idle, spun on a core waiting for work
-    # (measured: a funnel process at 1.5 cores for 400 req/s, taking the CPU the front needed)
+    # and every BLAS (faiss's, numpy's): a pool's idle threads spin on the cores the front needs
     threadpool_limits(THREADS)
     source = ModelSource(run, ranker=ranker, index=index, config=config)
     first = source.load(source.versions(), first=True)
