@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from recfunnel.funnel.pipeline import Funnel, funnel_config
-from recfunnel.funnel.rerank import jaccard, mmr
+from recfunnel.funnel.rerank import jaccard, mmr, mmr_many
 from recfunnel.retrieval.item_index import ItemIndex
 
 QUICK = ["--quiet", "--set", "train.epochs=2", "--set", "train.batch_size=256", "--set", "eval.baselines=false"]
@@ -98,6 +98,21 @@ def test_mmr_trades_relevance_for_diversity():
         [pytest.approx(1 / 3), 1.0, 0.0],
         [0.0, 0.0, 0.0],
     ]
+
+
+def test_mmr_of_several_lists_at_once_picks_what_each_list_alone_does():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        lengths = rng.integers(2, 60, rng.integers(1, 10))
+        scores = [np.round(rng.random(n), 1).astype(np.float32) for n in lengths]  # ties included
+        scores[0][:] = 0.5  # all equal: relevance 1 for every candidate
+        members = [(rng.random((n, 7)) < 0.3).astype(np.float32) for n in lengths]
+        ks = rng.integers(1, 70, len(lengths)).tolist()  # some over their list's length
+        lam = float(rng.choice([0.0, 0.3, 0.8, 1.0]))
+        together = mmr_many(scores, members, ks, lam)
+        alone = [mmr(s, m, k, lam) for s, m, k in zip(scores, members, ks)]
+        assert [c.tolist() for c in together] == [c.tolist() for c in alone]
+        assert all(len(c) == min(k, n) and len(set(c.tolist())) == len(c) for c, k, n in zip(together, ks, lengths))
 
 
 def test_rerank_diversifies_over_the_items_tags(funnel):

@@ -30,7 +30,7 @@ from recfunnel.data.format.catalog import Catalog
 from recfunnel.data.format.request_encoder import RequestEncoder
 from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.funnel.inputs import UserFeatures, pair_inputs, tower_inputs, user_from_catalog, user_from_raw
-from recfunnel.funnel.rerank import mmr
+from recfunnel.funnel.rerank import mmr_many
 from recfunnel.retrieval.item_index import ItemIndex
 from recfunnel.store.interactions import load_interactions
 from recfunnel.store.model import Trained, load_trained, model_digest
@@ -241,7 +241,7 @@ class Funnel:
         filter and the re-rank per user, the ranker once for all. (items, timings) per user."""
         start = time.perf_counter()
         rows = self.item_rows.get_indexer(ids.ravel()).reshape(ids.shape)  # one lookup for the batch
-        kept = [self._filter(scores[u], ids[u], rows[u], excluded[u]) for u in range(len(users))]
+        kept = self._filter(scores, ids, rows, excluded)
         timings["filter"] = _ms(start)
         if self.ranker is not None and self.config.rank and any(len(rows) for _, _, rows in kept):
             start = time.perf_counter()
@@ -253,27 +253,37 @@ class Funnel:
                 kept[u] = ids_u[order], ranked[u][order], rows_u[order]
             timings["rank"] = _ms(start)
         start = time.perf_counter()
-        items = []
-        for (ids_u, scores_u, rows_u), k in zip(kept, ks):
-            if self.config.rerank == "mmr" and self.diversity is not None and len(ids_u) > 1:
-                chosen = mmr(scores_u, self._genre_sets(rows_u), k, self.config.mmr_lambda)
-                ids_u, scores_u = ids_u[chosen], scores_u[chosen]
-            items.append(list(zip(ids_u[:k].tolist(), scores_u[:k].astype(float).tolist())))
+        if self.config.rerank == "mmr" and self.diversity is not None:
+            lists = [u for u, (ids_u, _, _) in enumerate(kept) if len(ids_u) > 1]
+            picked = mmr_many(
+                [kept[u][1] for u in lists],
+                [self._genre_sets(kept[u][2]) for u in lists],
+                [ks[u] for u in lists],
+                self.config.mmr_lambda,
+            )
+            for u, chosen in zip(lists, picked):
+                kept[u] = kept[u][0][chosen], kept[u][1][chosen], kept[u][2]
+        items = [
+            list(zip(ids_u[:k].tolist(), scores_u[:k].astype(float).tolist()))
+            for (ids_u, scores_u, _), k in zip(kept, ks)
+        ]
         if self.config.rerank == "mmr" and self.diversity is not None:
             timings["rerank"] = _ms(start)
         return items, [dict(timings) for _ in users]
 
     def _filter(
-        self, scores: np.ndarray, ids: np.ndarray, rows: np.ndarray, excluded: np.ndarray
-    ) -> tuple[np.ndarray, ...]:
-        """One user's retrieved items (raw ids, their catalogue rows) the rules and exclusions
-        keep, at most ``candidates``: (raw ids, scores, catalogue rows)."""
-        found = np.isfinite(scores)
-        ids, scores, rows = ids[found], scores[found], rows[found]
+        self, scores: np.ndarray, ids: np.ndarray, rows: np.ndarray, excluded: list[np.ndarray]
+    ) -> list[tuple[np.ndarray, ...]]:
+        """Each user's retrieved items (a row each of raw ids, their catalogue rows) that the rules
+        and exclusions keep, at most ``candidates``: (raw ids, scores, catalogue rows) per user.
+        One membership test for the batch: (user, item) pairs against the users' exclusions."""
         item_index = np.where(rows >= 0, self.items.index[np.maximum(rows, 0)], 0)
-        keep = self.allowed[item_index] & ~np.isin(item_index, excluded)
+        span = self.items.cardinality
+        owner = np.arange(len(excluded))[:, None]
+        ruled_out = np.concatenate([u * span + e for u, e in enumerate(excluded)]) if excluded else np.zeros(0)
+        keep = np.isfinite(scores) & self.allowed[item_index] & ~np.isin(owner * span + item_index, ruled_out)
         n = self.config.candidates
-        return ids[keep][:n], scores[keep][:n], rows[keep][:n]
+        return [(ids[u][k][:n], scores[u][k][:n], rows[u][k][:n]) for u, k in enumerate(keep)]
 
     def similar_items(self, item_id: Any, k: int = 10) -> list[tuple[Any, float]]:
         """The ``k`` items nearest to ``item_id`` in the index (itself left out)."""

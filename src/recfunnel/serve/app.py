@@ -60,6 +60,7 @@ from recfunnel.serve.engine import EngineState, Failed, InlineEngine, Invalid, P
 from recfunnel.serve.live import Live, Served, warm_up
 from recfunnel.serve.metrics import CONTENT_TYPE, Metrics, label, memory_mib
 from recfunnel.serve.middleware import Admission, BodyLimit, RequestMetrics
+from recfunnel.serve.route import RecommendRoute
 from recfunnel.serve.schema import (
     DEFAULT_K,
     Health,
@@ -136,22 +137,15 @@ def create_app(
     app = _Service(title="recfunnel", summary="retrieve -> filter -> rank -> re-rank", lifespan=lifespan)
     app.state.engine, app.state.metrics, app.state.batcher = engine, metrics, batcher
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    app.front = RequestMetrics(
-        Admission(app.inner, batcher=batcher, paths=frozenset({"/recommend"})),
-        metrics=metrics,
-        paths=frozenset({"/recommend", "/health", "/metrics"}),
-    )
     _add_error_handlers(app)
-    RecommendRequest = recommend_request(max_k)
 
-    @app.post("/recommend", response_model=RecommendResponse)
-    async def recommend(body: RecommendRequest) -> Response:
+    async def answer(body: Any) -> bytes:
         start = time.perf_counter()
         request = FunnelRequest(body.user_id, body.k, list(body.exclude), body.features)
         (result, version), queued = await batcher.submit(request)
         metrics.observe_funnel(result.source, result.timings)
         total = round((time.perf_counter() - start) * 1000, 3)  # in the app: queue, funnel, replies
-        return _json(
+        return _dumps(
             {
                 "user_id": body.user_id,
                 "items": _ranked(result.items),
@@ -163,6 +157,28 @@ def create_app(
             }
         )
 
+    RecommendRequest = recommend_request(max_k)
+    app.front = RequestMetrics(
+        Admission(
+            RecommendRoute(
+                app.inner,
+                path="/recommend",
+                model=RecommendRequest,
+                answer=answer,
+                error=_response_of,
+                max_bytes=max_body_bytes,
+            ),
+            batcher=batcher,
+            paths=frozenset({"/recommend"}),
+        ),
+        metrics=metrics,
+        paths=frozenset({"/recommend", "/health", "/metrics"}),
+    )
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    async def recommend(body: RecommendRequest) -> Response:  # what RecommendRoute passes on
+        return Response(await answer(body), media_type="application/json")
+
     @app.get("/similar-items/{item_id}", response_model=SimilarResponse)
     async def similar_items(item_id: str, k: int | None = None) -> Response:
         k = min(DEFAULT_K, max_k) if k is None else k
@@ -173,7 +189,7 @@ def create_app(
         for key in _id_candidates(item_id):
             try:
                 (items, _), _ = await batcher.submit(Similar(key, k))
-                return _json({"item_id": key, "items": _ranked(items)})
+                return Response(_dumps({"item_id": key, "items": _ranked(items)}), media_type="application/json")
             except KeyError:
                 continue
         raise HTTPException(404, f"item_id {_short(item_id)}: not in the catalogue")
@@ -217,12 +233,11 @@ class _Service(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def _json(content: dict[str, Any]) -> Response:
+def _dumps(content: dict[str, Any]) -> bytes:
     try:
-        body = orjson.dumps(content)
+        return orjson.dumps(content)
     except orjson.JSONEncodeError:  # an integer id beyond 64 bits, echoed back: the slow encoder takes it
-        body = json.dumps(content, separators=(",", ":")).encode()
-    return Response(body, media_type="application/json")
+        return json.dumps(content, separators=(",", ":")).encode()
 
 
 def _is_loopback(host: str) -> bool:
@@ -288,24 +303,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(422, validation_message(errors))
 
     @app.exception_handler(Invalid)
-    async def invalid_value(request: Request, exc: Invalid) -> JSONResponse:
-        return _error(422, str(exc))
-
     @app.exception_handler(Overloaded)
-    async def overloaded(request: Request, exc: Overloaded) -> JSONResponse:
-        return _error(503, str(exc), {"Retry-After": str(int(exc.retry_after + 0.999))})
-
     @app.exception_handler(Stopped)
-    async def stopping(request: Request, exc: Stopped) -> JSONResponse:
-        return _error(503, "the server is shutting down; retry on another", {"Retry-After": "1", "Connection": "close"})
-
     @app.exception_handler(Failed)
-    async def failed(request: Request, exc: Failed) -> JSONResponse:
-        return _error(500, str(exc))
-
     @app.exception_handler(RecfunnelError)
-    async def refused(request: Request, exc: RecfunnelError) -> JSONResponse:
-        return _error(422, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    async def funnel_error(request: Request, exc: Exception) -> JSONResponse:
+        return _response_of(exc)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -321,6 +324,22 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
+
+
+def _response_of(exc: Exception) -> JSONResponse:
+    """The answer to an exception out of the funnel or its batcher (in FastAPI or RecommendRoute)."""
+    if isinstance(exc, Invalid):
+        return _error(422, str(exc))
+    if isinstance(exc, Overloaded):
+        return _error(503, str(exc), {"Retry-After": str(int(exc.retry_after + 0.999))})
+    if isinstance(exc, Stopped):
+        return _error(503, "the server is shutting down; retry on another", {"Retry-After": "1", "Connection": "close"})
+    if isinstance(exc, Failed):
+        return _error(500, str(exc))
+    if isinstance(exc, RecfunnelError):
+        return _error(422, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    log.error("POST /recommend failed", exc_info=exc)
+    return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

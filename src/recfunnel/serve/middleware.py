@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from recfunnel.serve.batcher import Batcher
 from recfunnel.serve.metrics import Metrics
 
-__all__ = ["Admission", "BodyLimit", "RequestMetrics"]
+__all__ = ["Admission", "BodyLimit", "RequestMetrics", "replay"]
 
 _WITH_BODY = ("POST", "PUT", "PATCH")
 DRAIN_BYTES = 1 << 20
@@ -70,7 +70,7 @@ class BodyLimit:
                 415,
                 f"Content-Type: expected application/json, got {headers.get('content-type') or 'none'}",
             )
-        await self.app(scope, _replay(bytes(body), receive), send)
+        await self.app(scope, replay(bytes(body), receive), send)
 
 
 async def _drain(receive: Receive) -> bool:
@@ -94,18 +94,18 @@ def _is_json(content_type: str | None) -> bool:
     return parsed.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that gives ``body`` once, then waits on the client (for its disconnect)."""
     sent = False
 
-    async def replay() -> Message:
+    async def once() -> Message:
         nonlocal sent
         if sent:
             return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return replay
+    return once
 
 
 async def _reply(scope: Scope, receive: Receive, send: Send, status: int, error: str) -> None:
