@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from recfunnel.funnel.pipeline import Funnel, funnel_config
-from recfunnel.funnel.rerank import jaccard, mmr, mmr_many
+from recfunnel.funnel.rerank import jaccard, jaccard_of_members, mmr, mmr_many
 from recfunnel.retrieval.item_index import ItemIndex
 
 QUICK = ["--quiet", "--set", "train.epochs=2", "--set", "train.batch_size=256", "--set", "eval.baselines=false"]
@@ -116,15 +116,18 @@ def test_mmr_of_several_lists_at_once_picks_what_each_list_alone_does():
 
 
 def test_rerank_diversifies_over_the_items_tags(funnel):
-    user = known_user(funnel, 3)
+    """MMR lowers what it trades relevance against: the top k's mean pairwise tag similarity."""
 
-    def distinct_tags(f):
+    def similarity(f, user):
         items = [i for i, _ in f.recommend(user_id=user, k=6).items]
-        rows = funnel.item_rows.get_indexer(items)
-        return int((funnel._genre_sets(rows).sum(0) > 0).sum())
+        pairs = jaccard_of_members(funnel._genre_sets(funnel.item_rows.get_indexer(items)))
+        return float(pairs[np.triu_indices(len(items), 1)].mean())
 
     assert funnel.diversity == "tags"
-    assert distinct_tags(funnel.variant(mmr_lambda=0.1)) >= distinct_tags(funnel.variant(rerank="none"))
+    users = [known_user(funnel, n) for n in range(1, 9)]
+    diverse = [similarity(funnel.variant(mmr_lambda=0.1), u) for u in users]
+    plain = [similarity(funnel.variant(rerank="none"), u) for u in users]
+    assert sum(diverse) < sum(plain)
 
 
 def test_rules_keep_or_drop_items_by_feature(runs):
@@ -237,6 +240,20 @@ def test_recommend_over_spark_gives_the_same_lists(cli, runs, tmp_path):
     spark = pd.read_parquet(tmp_path / "spark.parquet").sort_values(["user_id", "rank"]).reset_index(drop=True)
     assert local[["user_id", "rank", "item_id"]].equals(spark[["user_id", "rank", "item_id"]])
     assert np.allclose(local["score"], spark["score"], atol=1e-5)
+
+
+def test_a_request_history_replaces_a_known_users_own(funnel):
+    """A client that knows what the user did since training sends it: the user tower sees it."""
+    user = known_user(funnel, 5)
+    items = funnel.items.raw_ids[:8].tolist()
+    own, _ = funnel.user_of(user, None, [])
+    notes: list[str] = []
+    fresh, source = funnel.user_of(user, {"history": ["no-such-item", *items]}, notes)
+    assert source == "user" and fresh.index == own.index and len(notes) == 1 and "no-such-item" in notes[0]
+    wanted = funnel.items.index[funnel.item_rows.get_indexer(items)].tolist()  # vocabulary indices
+    assert fresh.sparse["history"].tolist() == wanted != own.sparse["history"].tolist()
+    assert not np.allclose(funnel._embed([fresh]), funnel._embed([own]))
+    assert funnel.recommend(user_id=user, k=10, features={"history": items}).source == "user"
 
 
 def test_cold_start_features_that_cannot_be_used_are_reported(funnel):

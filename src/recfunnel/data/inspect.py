@@ -99,9 +99,10 @@ def _print_rows(folder: str, manifest: Manifest, batch, n: int) -> None:
 
 
 def _raw_values(folder: str, manifest: Manifest, key: str, indices: np.ndarray) -> list:
-    if manifest.feature(key).encoding != "vocab" or not (Path(folder) / "vocab" / f"{key}.parquet").is_file():
+    vocab = manifest.feature(key).vocab or key
+    if manifest.feature(key).encoding != "vocab" or not (Path(folder) / "vocab" / f"{vocab}.parquet").is_file():
         return indices.tolist()
-    return ["?" if v is None else v for v in Vocab.load(Path(folder) / "vocab", key).decode(indices)]
+    return ["?" if v is None else v for v in Vocab.load(Path(folder) / "vocab", vocab).decode(indices)]
 
 
 def _titles(folder: str, item_indices: np.ndarray) -> list[str] | None:

@@ -72,7 +72,10 @@ def user_from_raw(
                 notes.append(
                     f"features.{name}: unknown values {[v for v, i in zip(values, ids) if i == 0][:5]}; ignored"
                 )
-            out.sparse[name] = np.unique(ids[ids > 0]) if len(ids) else ids
+            if name == manifest.roles.get("history"):  # a sequence, the latest first, as in training
+                out.sparse[name] = ids[ids > 0][: manifest.feature(name).max_len]
+            else:
+                out.sparse[name] = np.unique(ids[ids > 0]) if len(ids) else ids
         else:
             if is_list:
                 raise DataError(f"features.{name}: expected one value ({name} is not multi-hot), got a list")

@@ -304,7 +304,13 @@ class Funnel:
     def user_of(self, user_id: Any, features: dict[str, Any] | None, notes: list[str]) -> tuple[UserFeatures, str]:
         row = position(self.user_rows, user_id) if user_id is not None else -1
         if row >= 0:
-            return user_from_catalog(self.users, row), "user"
+            user = user_from_catalog(self.users, row)
+            history = self.manifest.roles.get("history")
+            if history and features and history in features:  # what the user did since training
+                fresh, problems = user_from_raw(self.manifest, self.encoder, {history: features[history]})
+                user.sparse[history] = fresh.sparse[history]
+                notes.extend(problems)
+            return user, "user"
         if user_id is not None:
             notes.append(
                 f"unknown user_id {user_id!r}: " + ("embedded from its features" if features else "most popular items")

@@ -117,8 +117,9 @@ def example_request(trained: Trained, rows: int = 2) -> pd.DataFrame:
     frame: dict[str, Any] = {f.name: [0.0] * rows for f in manifest.dense}
     for f in manifest.sparse:
         value: Any = 1
-        if f.encoding == "vocab" and (folder / "vocab" / f"{f.name}.parquet").is_file():
-            value = Vocab.load(folder / "vocab", f.name).decode(np.array([min(1, f.cardinality - 1)]))[0]
+        vocab = f.vocab or f.name
+        if f.encoding == "vocab" and (folder / "vocab" / f"{vocab}.parquet").is_file():
+            value = Vocab.load(folder / "vocab", vocab).decode(np.array([min(1, f.cardinality - 1)]))[0]
             value = value.item() if hasattr(value, "item") else value
         frame[f.name] = [[value] if f.multi_hot else value] * rows
     return pd.DataFrame(frame)

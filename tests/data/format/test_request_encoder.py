@@ -52,6 +52,7 @@ def data(tmp_path_factory):
         categorical=["rid"],
         val_fraction=0,
         test_fraction=0.25,
+        history=0,  # not a column of the raw rows (tests/data/prepare/test_history.py)
         quiet=True,
     )
     return raw, tmp / "data"

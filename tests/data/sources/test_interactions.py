@@ -60,7 +60,8 @@ def test_csv_end_to_end(tmp_path, cli):
     assert m.roles == {
         "user": "user_id",
         "item": "item_id",
-        "user_features": ["country"],
+        "user_features": ["country", "history"],  # history: timestamps, so on by default
+        "history": "history",
         "item_features": ["price"],
         "context_features": ["device"],
         "timestamp": True,
@@ -280,7 +281,7 @@ def test_users_table_features_and_users_without_a_row(tmp_path):
     m = prepare_interactions(
         src, tmp_path / "out", users=users, dense=["age"], val_fraction=0, test_fraction=0.2, quiet=True
     )
-    assert m.roles["user_features"] == ["age", "plan"] and m.extra["users"] == 4  # user 7 never interacted
+    assert m.roles["user_features"] == ["age", "plan", "history"] and m.extra["users"] == 4  # user 7 never interacted
     assert m.extra["dense_stats"]["age"] == {"mean": 40.0, "std": 10.0, "missing": 1}  # users 0, 1 are in train
     table = pd.read_parquet(tmp_path / "out" / "users.parquet").set_index("user_id")
     assert table.loc[2, "age"] == 0.0 and table.loc[2, "plan"] == 0  # missing -> the mean / the OOV bucket

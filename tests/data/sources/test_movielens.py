@@ -67,7 +67,7 @@ def test_ml1m_files(tmp_path):
         "users.dat",
         "movies.dat",
     ]
-    assert m.roles["user_features"] == ["gender", "occupation", "zip_prefix", "age_bucket"]
+    assert m.roles["user_features"] == ["gender", "occupation", "zip_prefix", "age_bucket", "history"]
     assert m.roles["item_features"] == ["genres", "year"]
     assert decoded(out, "users", "user_id", "zip_prefix") == {1: "4", 2: "7", 3: "5"}
     assert decoded(out, "users", "user_id", "age_bucket") == {1: 1, 2: 56, 3: 25}
@@ -97,7 +97,7 @@ def test_ml_latest_small_files(tmp_path):
         quiet=True,
     )
     assert m.labels[0].rule == "rating >= 3.5" and m.extra["rating_range"] == [0.5, 5]
-    assert m.roles["user_features"] == [] and m.extra["items"] == 4
+    assert m.roles["user_features"] == ["history"] and m.extra["items"] == 4
     genres = decoded(out, "items", "item_id", "genres")
     assert genres[9] == [] and genres[3] == ["Comedy", "Drama", "Romance"]
     items = pd.read_parquet(out / "items.parquet").set_index("item_id")
@@ -323,7 +323,7 @@ def test_ml100k_features_match_the_files(tfrs_split):
 
 def test_ml100k_shards_hold_the_pairs_in_mixed_blocks(tfrs_split):
     m, rows = read_split(tfrs_split, "train")
-    assert len(rows) == 80_000 and rows.sparse.shape[1] == len(m.single_hot) and rows.mh_lengths.shape[1] == 1
+    assert len(rows) == 80_000 and rows.sparse.shape[1] == len(m.single_hot) and rows.mh_lengths.shape[1] == 2
     pairs = pd.read_parquet(tfrs_split / "pairs" / "train.parquet")
     assert sorted(zip(rows.sparse[:, 0].tolist(), rows.sparse[:, 1].tolist())) == sorted(
         zip(pairs["user_index"].tolist(), pairs["item_index"].tolist())
@@ -332,6 +332,7 @@ def test_ml100k_shards_hold_the_pairs_in_mixed_blocks(tfrs_split):
     items = pd.read_parquet(tfrs_split / "items.parquet").set_index("item_index")
     lengths = items["genres"].map(len)
     assert (rows.mh_lengths[:, 0] == lengths.loc[rows.sparse[:, 1]].to_numpy()).all()
+    assert [f.name for f in m.multi_hot] == ["genres", "history"] and rows.mh_lengths[:, 1].max() == 50
 
 
 def test_ml100k_temporal_split_and_threshold_labels(tmp_path, ml100k_files):

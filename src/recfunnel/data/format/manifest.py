@@ -53,6 +53,7 @@ class SparseFeature:
     multi_hot: bool = False
     encoding: str = "vocab"  # vocab (file in vocab/) | hash (index = 1 + hash % (cardinality-1)) | index
     max_len: int = 1  # longest list seen (multi-hot)
+    vocab: str = ""  # the feature whose vocabulary it uses ("": its own), e.g. item_id for history
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,8 @@ class RequestEncoder:
         for key in sparse_keys:
             feature = self.manifest.feature(key)
             if feature.multi_hot:
-                lens, flat = _explode(_as_lists(df[key]), dedupe=feature.encoding == "vocab")
+                sequence = key == self.manifest.roles.get("history")  # ordered, repeats kept, as in prepare
+                lens, flat = _explode(_as_lists(df[key]), dedupe=feature.encoding == "vocab" and not sequence)
                 lengths.append(lens)
                 values.append(self.indices(key, flat))
             else:
@@ -118,10 +119,11 @@ class RequestEncoder:
     def _vocab_indices(self, feature: SparseFeature, series: pd.Series) -> np.ndarray:
         index = self._index.get(feature.name)
         if index is None:
-            path = self.folder / "vocab" / f"{feature.name}.parquet"
+            name = feature.vocab or feature.name
+            path = self.folder / "vocab" / f"{name}.parquet"
             if not path.is_file():
                 raise DataError(f"{path}: missing vocabulary of sparse feature {feature.name!r}")
-            index = self._index[feature.name] = pd.Index(Vocab.load(path.parent, feature.name).values)
+            index = self._index[feature.name] = pd.Index(Vocab.load(path.parent, name).values)
         codes = index.get_indexer(_like(series, index).to_numpy())
         return np.where(codes < 0, OOV_INDEX, codes + 1).astype(np.int64)
 

@@ -30,6 +30,7 @@ from recfunnel.data.format.manifest import Manifest
 from recfunnel.data.format.shards import check_output
 from recfunnel.data.prepare.check import check_interactions
 from recfunnel.data.prepare.encode import Encoded, encode_features
+from recfunnel.data.prepare.history import HISTORY, HISTORY_LENGTH, build_history
 from recfunnel.data.prepare.labels import LabelSpec, check_label_rule, derive_labels
 from recfunnel.data.prepare.splits import SplitSpec, assign_splits
 from recfunnel.data.prepare.tables import OWNERS, Feature, InteractionData
@@ -50,8 +51,12 @@ def prepare_interaction_dataset(
     overwrite: bool = False,
     quiet: bool = False,
     evaluate: Callable[[Path, Manifest], dict] | None = None,
+    history: int = HISTORY_LENGTH,
 ) -> Manifest:
     """Check, split, label, encode and write ``data`` to the dataset folder ``out``; return its manifest.
+
+    history: items in each row's point-in-time ``history`` feature (:mod:`.history`), when the data
+    has timestamps; 0 for none.
 
     evaluate: called with the finished temp folder and manifest before the rename; its dict is
     merged into ``manifest.extra`` (e.g. the synthetic ground truth's recall).
@@ -63,6 +68,11 @@ def prepare_interaction_dataset(
     codes, split_record = assign_splits(split, user_codes, checked.timestamp)
     label_array, label_list = derive_labels(labels, checked.rating, checked.label, user_codes, codes, data.inter.name)
     enc = encode_features(checked, data.features, codes)
+    if history and checked.timestamp is not None:
+        # a split in time predicts what comes next: each row sees its past. A random split predicts
+        # held-out rows from anywhere in a user's time line, so each row sees the user's other rows
+        kind = "others" if split.kind == "random" else "before"
+        enc.history = build_history(enc.user_index, enc.item_index, checked.timestamp, codes, history, kind)
     manifest = Manifest(
         kind="interactions",
         dense=enc.dense,
@@ -72,7 +82,7 @@ def prepare_interaction_dataset(
         split=split_record,
         block_rows=block_rows,
         source=data.source,
-        roles=_roles(data.features, checked.timestamp is not None),
+        roles=_roles(data.features, checked.timestamp is not None, enc.history is not None),
         extra=_extra(data, enc, labels, len(codes)),
     )
     with atomic_output_dir(out, overwrite) as tmp:
@@ -85,12 +95,15 @@ def prepare_interaction_dataset(
     return manifest
 
 
-def _roles(features: list[Feature], has_timestamp: bool) -> dict[str, Any]:
+def _roles(features: list[Feature], has_timestamp: bool, has_history: bool) -> dict[str, Any]:
     owned = {o: [f.name for f in features if f.owner == o] for o in OWNERS}
     return {
         "user": "user_id",
         "item": "item_id",
-        "user_features": owned["user"],
+        # the history describes the user (the catalogue keeps each user's latest for serving),
+        # though in the shards each row has its own, as of that row's time
+        "user_features": owned["user"] + ([HISTORY] if has_history else []),
+        "history": HISTORY if has_history else None,
         "item_features": owned["item"],
         "context_features": owned["context"],
         "timestamp": has_timestamp,
@@ -104,6 +117,14 @@ def _extra(data: InteractionData, enc: Encoded, labels: LabelSpec, rows: int) ->
         "items": enc.item_vocab.cardinality - 1,
         "dense_stats": enc.stats,
     }
+    if enc.history is not None:
+        extra["history"] = {
+            "length": enc.history.length,
+            "of": {
+                "before": "the user's training rows strictly earlier in time",
+                "others": "the user's latest training rows, the row itself left out",
+            }[enc.history.kind],
+        }
     if data.rating_range is not None:
         extra["rating_range"] = list(data.rating_range)
     if labels.rule == "user-mean":

@@ -17,6 +17,7 @@ from recfunnel.data.format.manifest import DenseFeature, SparseFeature
 from recfunnel.data.format.request_encoder import explode_lists
 from recfunnel.data.format.rows import Rows
 from recfunnel.data.format.vocab import Vocab
+from recfunnel.data.prepare.history import HISTORY, History
 from recfunnel.data.prepare.splits import TRAIN
 from recfunnel.data.prepare.tables import Checked, Feature
 from recfunnel.errors import DataError
@@ -46,6 +47,7 @@ class Encoded:
     items: Block  # n_items + 1 rows, row 0 = OOV
     context: Block  # n rows
     titles: np.ndarray | None  # object (n_items + 1,): item titles, None where unknown
+    history: History | None = None  # each row's point-in-time history (the last multi-hot feature)
 
     @property
     def dense(self) -> list[DenseFeature]:
@@ -59,7 +61,17 @@ class Encoded:
             SparseFeature("item_id", self.item_vocab.cardinality),
         ]
         single = ids + self.users.single + self.items.single + self.context.single
-        return single + self.users.multi + self.items.multi + self.context.multi
+        return single + self.users.multi + self.items.multi + self.context.multi + self._history_feature
+
+    @property
+    def _history_feature(self) -> list[SparseFeature]:
+        if self.history is None:
+            return []
+        return [
+            SparseFeature(
+                HISTORY, self.item_vocab.cardinality, multi_hot=True, max_len=self.history.length, vocab="item_id"
+            )
+        ]
 
     @property
     def vocabs(self) -> list[Vocab]:
@@ -73,11 +85,17 @@ class Encoded:
         """Training rows ``idx`` (int (k,)) with every feature in manifest order; labels float32 (n, L)."""
         u, i = self.user_index[idx], self.item_index[idx]
         parts = [self.users.rows.take(u), self.items.rows.take(i), self.context.rows.take(idx)]
+        mh_lengths = [p.mh_lengths for p in parts]
+        mh_values = [v for p in parts for v in p.mh_values]
+        if self.history is not None:
+            lengths, values = self.history.take(idx)
+            mh_lengths.append(lengths[:, None])
+            mh_values.append(values)
         return Rows(
             dense=np.hstack([p.dense for p in parts]),
             sparse=np.column_stack([u, i] + [p.sparse for p in parts]).astype(np.int64, copy=False),
-            mh_lengths=np.hstack([p.mh_lengths for p in parts]),
-            mh_values=[v for p in parts for v in p.mh_values],
+            mh_lengths=np.hstack(mh_lengths),
+            mh_values=mh_values,
             labels=labels[idx],
         )
 

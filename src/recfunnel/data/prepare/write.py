@@ -13,6 +13,7 @@ from recfunnel.data.format.manifest import Label, SplitInfo
 from recfunnel.data.format.shards import SplitWriter
 from recfunnel.data.format.vocab import Vocab
 from recfunnel.data.prepare.encode import Block, Encoded
+from recfunnel.data.prepare.history import HISTORY
 from recfunnel.data.prepare.splits import SPLITS, SplitSpec, user_time_order
 from recfunnel.data.prepare.tables import Checked
 
@@ -36,7 +37,11 @@ def write_dataset(
     """Write everything but manifest.json into ``folder``; return each split's :class:`SplitInfo`."""
     for vocab in enc.vocabs:
         vocab.save(folder / "vocab")
-    pq.write_table(_entity_table("user", enc.user_vocab, enc.users), folder / "users.parquet")
+    users = _entity_table("user", enc.user_vocab, enc.users)
+    if enc.history is not None:  # each user's latest history: what serving knows of the user
+        lengths, values = enc.history.latest(np.arange(1, enc.user_vocab.cardinality))
+        users = users.append_column(HISTORY, _lists(lengths, values))
+    pq.write_table(users, folder / "users.parquet")
     pq.write_table(_entity_table("item", enc.item_vocab, enc.items, enc.titles), folder / "items.parquet")
     infos = {}
     by_user = user_time_order(enc.user_index, checked.timestamp)
@@ -99,9 +104,14 @@ def _entity_table(key: str, vocab: Vocab, block: Block, titles: np.ndarray | Non
     for j, single in enumerate(block.single):
         cols[single.name] = rows.sparse[:, j]
     for j, multi in enumerate(block.multi):
-        offsets = np.zeros(n + 1, np.int32)
-        np.cumsum(rows.mh_lengths[:, j], out=offsets[1:])
-        cols[multi.name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(rows.mh_values[j], pa.int64()))
+        cols[multi.name] = _lists(rows.mh_lengths[:, j], rows.mh_values[j])
     for j, dense in enumerate(block.dense):
         cols[dense.name] = rows.dense[:, j]
     return pa.table(cols)
+
+
+def _lists(lengths: np.ndarray, values: np.ndarray) -> pa.ListArray:
+    """A jagged column (lengths (n,), values) as an Arrow list column of int64."""
+    offsets = np.zeros(len(lengths) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, pa.int64()))

@@ -31,6 +31,7 @@ from recfunnel.data.format.manifest import Manifest
 from recfunnel.data.format.shards import check_output
 from recfunnel.data.prepare.columns import Table, closest_name, file_record, read_table, require_columns, to_timestamps
 from recfunnel.data.prepare.dataset import prepare_interaction_dataset
+from recfunnel.data.prepare.history import HISTORY_LENGTH, add_history_argument
 from recfunnel.data.prepare.labels import LabelSpec, add_label_arguments, label_kwargs
 from recfunnel.data.prepare.splits import SplitSpec, add_split_arguments, split_kwargs
 from recfunnel.data.prepare.tables import RESERVED, Feature, InteractionData
@@ -82,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_label_arguments(parser)
     add_split_arguments(parser)
+    add_history_argument(parser)
 
 
 def run(args: argparse.Namespace) -> Manifest:
@@ -101,6 +103,7 @@ def run(args: argparse.Namespace) -> Manifest:
         rating_range=args.rating_range,
         **label_kwargs(args),
         **split_kwargs(args),
+        history=args.history,
         block_rows=args.block_rows,
         compression=args.compression,
         overwrite=args.overwrite,
@@ -131,6 +134,7 @@ def prepare_interactions(
     test_fraction: float = 0.1,
     leave_last: int = 1,
     seed: int = 42,
+    history: int = HISTORY_LENGTH,
     block_rows: int = 4096,
     compression: str | None = None,
     overwrite: bool = False,
@@ -161,6 +165,7 @@ def prepare_interactions(
         compression=compression,
         overwrite=overwrite,
         quiet=quiet,
+        history=history,
     )
 
 

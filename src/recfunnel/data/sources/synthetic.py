@@ -28,6 +28,7 @@ import numpy as np
 
 from recfunnel.data.format.manifest import DenseFeature, Label, Manifest, SparseFeature
 from recfunnel.data.format.shards import check_output
+from recfunnel.data.prepare.history import HISTORY_LENGTH, add_history_argument
 from recfunnel.data.sources.ctr_common import (
     SPLIT_NAMES,
     TEST,
@@ -96,6 +97,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--latent-dim", type=int, default=d.latent_dim, help=f"size of the interaction vectors (default {d.latent_dim})"
     )
+    parser.add_argument(
+        "--markov",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="interactions: a user's next item is the planted successor of their last one with "
+        "probability P (a known answer for models with history; default 0)",
+    )
+    add_history_argument(parser)
     parser.add_argument("--val-fraction", type=float, default=0.1, help="share of rows in val, 0 = none (default 0.1)")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of rows in test (default 0.1)")
 
@@ -114,6 +124,8 @@ def run(args: argparse.Namespace) -> Manifest:
         positive_rate=args.positive_rate,
         interactions=args.interactions,
         latent_dim=args.latent_dim,
+        markov=args.markov,
+        history=args.history,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         seed=args.seed,
@@ -138,6 +150,8 @@ def prepare_synthetic(
     positive_rate: float = 0.35,
     interactions: int = 4,
     latent_dim: int = 2,
+    markov: float = 0.0,
+    history: int = HISTORY_LENGTH,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 42,
@@ -156,6 +170,8 @@ def prepare_synthetic(
         return prepare_synthetic_interactions(
             rows,
             out,
+            markov=markov,
+            history=history,
             val_fraction=val_fraction,
             test_fraction=test_fraction,
             seed=seed,

@@ -28,12 +28,21 @@ from recfunnel.data.format.shards import check_output
 from recfunnel.data.format.vocab import Vocab
 from recfunnel.data.prepare.columns import Table
 from recfunnel.data.prepare.dataset import prepare_interaction_dataset
+from recfunnel.data.prepare.history import HISTORY_LENGTH
 from recfunnel.data.prepare.labels import LabelSpec
 from recfunnel.data.prepare.splits import SplitSpec
 from recfunnel.data.prepare.tables import Feature, InteractionData
 from recfunnel.errors import ConfigError
 
-__all__ = ["Tastes", "make_tastes", "sample_interactions", "prepare_synthetic_interactions", "planted_recall"]
+__all__ = [
+    "Tastes",
+    "make_tastes",
+    "sample_interactions",
+    "planted_successors",
+    "prepare_synthetic_interactions",
+    "planted_recall",
+    "chain_share",
+]
 
 T0 = 1_600_000_000  # first timestamp, seconds
 SPAN = 365 * 24 * 3600
@@ -72,11 +81,19 @@ def make_tastes(
     )
 
 
-def sample_interactions(t: Tastes, rows: int, rng: np.random.Generator) -> pd.DataFrame:
-    """``rows`` interactions (user_id, item_id, rating, timestamp), sorted by time; no repeated pair."""
+def sample_interactions(
+    t: Tastes, rows: int, rng: np.random.Generator, markov: float = 0.0, successor: np.ndarray | None = None
+) -> pd.DataFrame:
+    """``rows`` interactions (user_id, item_id, rating, timestamp), sorted by time; no repeated pair.
+    With ``markov`` > 0, each user's next item is ``successor[last item]`` with that probability
+    (when the user does not have it yet), else a draw from the user's taste (:func:`_sequences`)."""
     n_users, n_items = len(t.U), len(t.V)
     counts = _user_counts(rng, rows, n_users, n_items)
     users = np.repeat(np.arange(n_users), counts)
+    if markov > 0:
+        if successor is None:
+            raise ValueError("markov > 0 needs the planted successor of every item")
+        return _rated(t, users, *_sequences(t, counts, successor, markov, rng), rng)
     items = np.empty(rows, np.int64)
     chunk = max(1, CELLS_PER_CHUNK // n_items)
     pos = 0
@@ -91,12 +108,55 @@ def sample_interactions(t: Tastes, rows: int, rng: np.random.Generator) -> pd.Da
         picked = top[np.arange(k)[None, :] < c[:, None]]  # row-major: user by user
         items[pos : pos + len(picked)] = picked
         pos += len(picked)
-    taste = np.einsum("nd,nd->n", t.U[users], t.V[items]) + rng.normal(0, 0.5, rows)
+    stamps = T0 + np.sort(rng.integers(0, SPAN, rows))[rng.permutation(rows)]
+    return _rated(t, users, items, stamps, rng)
+
+
+def _rated(
+    t: Tastes, users: np.ndarray, items: np.ndarray, stamps: np.ndarray, rng: np.random.Generator
+) -> pd.DataFrame:
+    """The interactions frame, rated by taste, sorted by time."""
+    taste = np.einsum("nd,nd->n", t.U[users], t.V[items]) + rng.normal(0, 0.5, len(users))
     z = (taste - taste.mean()) / (taste.std() or 1.0)  # chosen items are liked: centre, so ~54% rate >= 4
     rating = np.clip(np.round(3.6 + 1.1 * z), 1, 5)
-    stamps = T0 + np.sort(rng.integers(0, SPAN, rows))[rng.permutation(rows)]
     frame = pd.DataFrame({"user_id": users, "item_id": items, "rating": rating, "timestamp": stamps})
     return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def planted_successors(items: int, rng: np.random.Generator) -> np.ndarray:
+    """int64 (items,): each item's planted next item, one cycle through the whole catalogue (no
+    chain ends early, none loops back on itself)."""
+    order = rng.permutation(items)
+    successor = np.empty(items, np.int64)
+    successor[order] = np.roll(order, -1)
+    return successor
+
+
+def _sequences(
+    t: Tastes, counts: np.ndarray, successor: np.ndarray, markov: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(items, timestamps) of every user's sequence, user by user: each step follows the chain with
+    probability ``markov``, else takes the user's next-best item by taste (Gumbel order); the
+    user's times are sorted draws over the year, in sequence order."""
+    items = np.empty(int(counts.sum()), np.int64)
+    stamps = np.empty(len(items), np.int64)
+    pos = 0
+    for user, count in enumerate(counts.tolist()):
+        taste = np.argsort(-(t.scores(np.array([user]))[0] + rng.gumbel(size=len(t.V))))
+        follow = rng.random(count) < markov
+        used: set[int] = set()
+        ahead, last = 0, -1
+        for step in range(count):
+            item = int(successor[last]) if last >= 0 and follow[step] else -1
+            if item < 0 or item in used:
+                while int(taste[ahead]) in used:
+                    ahead += 1
+                item = int(taste[ahead])
+            used.add(item)
+            items[pos + step], last = item, item
+        stamps[pos : pos + count] = T0 + np.sort(rng.integers(0, SPAN, count))
+        pos += count
+    return items, stamps
 
 
 def _user_counts(rng: np.random.Generator, rows: int, users: int, items: int) -> np.ndarray:
@@ -147,6 +207,8 @@ def prepare_synthetic_interactions(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     leave_last: int = 1,
+    history: int = HISTORY_LENGTH,
+    markov: float = 0.0,
     block_rows: int = 4096,
     compression: str | None = None,
     overwrite: bool = False,
@@ -157,6 +219,8 @@ def prepare_synthetic_interactions(
     them as an interactions dataset to ``out``."""
     items = items or max(10, rows // 100)
     users = users or max(10, rows // 50, -(-2 * rows // items))
+    if not 0.0 <= markov <= 1.0:
+        raise ConfigError(f"--markov: {markov}, expected a probability in [0, 1]")
     if rows < 1 or dim < 1 or rows > users * items:
         raise ConfigError(
             f"synthetic interactions: rows={rows}, users={users}, items={items}, dim={dim}; "
@@ -169,7 +233,8 @@ def prepare_synthetic_interactions(
     )
     rng = np.random.default_rng(seed)
     tastes = make_tastes(users, items, dim, rng, sharpness, popularity)
-    inter = sample_interactions(tastes, rows, rng)
+    successor = planted_successors(items, rng) if markov > 0 else None
+    inter = sample_interactions(tastes, rows, rng, markov, successor)
     user_table, item_table = _entity_tables(tastes)
     params = {
         "rows": rows,
@@ -178,6 +243,7 @@ def prepare_synthetic_interactions(
         "dim": dim,
         "sharpness": sharpness,
         "popularity": popularity,
+        "markov": markov,
         "seed": seed,
     }
     data = InteractionData(
@@ -190,7 +256,8 @@ def prepare_synthetic_interactions(
     )
 
     def evaluate(folder: Path, manifest: Manifest) -> dict[str, Any]:
-        return {"generator": params, **planted_recall(folder, tastes, seed=seed)}
+        chain = {} if successor is None else chain_share(folder, successor)
+        return {"generator": params, **planted_recall(folder, tastes, seed=seed), **chain}
 
     return prepare_interaction_dataset(
         data,
@@ -202,6 +269,7 @@ def prepare_synthetic_interactions(
         overwrite=overwrite,
         quiet=quiet,
         evaluate=evaluate,
+        history=history,
     )
 
 
@@ -248,6 +316,29 @@ def planted_recall(folder: Path, tastes: Tastes, *, k: int = 10, max_users: int 
         out[f"{name}_recall_at_{k}"] = round(_recall(score, chosen, seen, relevant, k, n_items), 4)
     out["recall_users"] = int(len(chosen))
     return out
+
+
+def chain_share(folder: Path, successor: np.ndarray) -> dict[str, Any]:
+    """The share of test rows whose item is the planted successor of the user's previous item
+    (of an earlier split): the rows that followed the chain."""
+    splits = sorted(p.stem for p in (folder / "pairs").glob("*.parquet"))
+    if "test" not in splits:
+        return {}
+    test = read_pairs(folder, "test")
+    earlier = [read_pairs(folder, split) for split in earlier_splits("test", splits)]
+    raw_item = Vocab.load(folder / "vocab", "item_id").values.astype(np.int64)  # index i+1 -> raw id
+    before = pd.DataFrame(
+        {
+            "user": np.concatenate([p.users for p in earlier]),
+            "item": np.concatenate([p.items for p in earlier]),
+            "t": np.concatenate([p.timestamps for p in earlier]),
+        }
+    )
+    previous = before.sort_values("t", kind="stable").groupby("user")["item"].last().reindex(test.users).to_numpy()
+    known = ~np.isnan(previous)
+    predicted = successor[raw_item[previous[known].astype(np.int64) - 1]]
+    hits = predicted == raw_item[test.items[known] - 1]
+    return {"chain_next_share": round(float(hits.mean()) if len(hits) else 0.0, 4)}
 
 
 def _recall(
