@@ -94,6 +94,7 @@ class ModelConfig:
     score: str = "dot"  # dot | cosine
     user_features: list[str] | None = None  # None = the user id + the dataset's user features
     item_features: list[str] | None = None  # None = the item id + the dataset's item features
+    history_recent: int = 5  # the latest N of the history also pooled apart (same table); 0 = not
 
     def validate(self) -> None:
         check(self.embedding_dim >= 1, "model.embedding_dim", "an integer >= 1", self.embedding_dim)
@@ -108,6 +109,7 @@ class ModelConfig:
         check(self.cross_layers >= 1, "model.cross_layers", "an integer >= 1", self.cross_layers)
         check(self.cross_low_rank >= 0, "model.cross_low_rank", "an integer >= 0", self.cross_low_rank)
         check(self.score in ("dot", "cosine"), "model.score", "dot or cosine", self.score)
+        check(self.history_recent >= 0, "model.history_recent", "an integer >= 0", self.history_recent)
         check(len(self.heads) >= 1, "model.heads", "at least one head", self.heads)
         for i, head in enumerate(self.heads):
             head.validate(f"model.heads[{i}]")

@@ -213,12 +213,14 @@ def test_batch_recommend_writes_every_user_top_k(cli, runs, tmp_path, funnel):
 def test_evaluate_compares_retrieval_alone_with_ranking(cli, runs):
     code, out, _ = cli("evaluate", "--run", runs / "tt", "--ranker", runs / "dlrm", "--index", runs / "index", "--json")
     result = json.loads(out)
-    assert code == 0 and set(result["variants"]) == {"most_popular", "retrieval", "retrieval+ranking", "funnel"}
+    assert code == 0 and set(result["variants"]) == {"most_popular", "ease", "retrieval", "retrieval+ranking", "funnel"}
     for metrics in result["variants"].values():
         assert 0 <= metrics["recall_at_10"] <= metrics["recall_at_20"] <= 1 and 0 <= metrics["ndcg_at_20"] <= 1
     # retrieval alone through the index equals the two-tower's own test metrics from training
     trained = json.loads((runs / "tt" / "metrics.json").read_text())["test"]
     assert result["variants"]["retrieval"]["recall_at_20"] == pytest.approx(trained["recall_at_20"], abs=1e-6)
+    # EASE, fitted on the same training rows, finds the planted tastes better than popularity does
+    assert result["variants"]["ease"]["ndcg_at_20"] > result["variants"]["most_popular"]["ndcg_at_20"]
 
 
 def test_item_index_round_trip(runs, funnel):

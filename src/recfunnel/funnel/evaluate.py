@@ -1,6 +1,7 @@
-"""How much each stage of the funnel adds, on a held-out split: most-popular, retrieval alone,
-retrieval + ranking, and + re-ranking, with the same metrics (recall@K, NDCG@K, ...) and the same
-exclusions (each user's training and validation items) as `recfunnel train` reports.
+"""How much each stage of the funnel adds, on a held-out split: most-popular and EASE (fitted on
+the same training rows) beside retrieval alone, retrieval + ranking, and + re-ranking, with the
+same metrics (recall@K, NDCG@K, ...) and the same exclusions (each user's training and validation
+items) as `recfunnel train` reports.
 
     recfunnel evaluate --run TWO_TOWER_RUN --ranker RANKER_RUN [--index INDEX_DIR] [--json]
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recfunnel.baselines.ease import EASE
 from recfunnel.config import TrackingConfig
 from recfunnel.data.format.pairs import read_pairs
 from recfunnel.errors import RecfunnelError
@@ -32,6 +34,8 @@ from recfunnel.store.model import MODEL_DIR
 from recfunnel.tracking.tracker import Tracker
 
 __all__ = ["evaluate_funnel", "print_funnel_evaluation", "log_funnel_evaluation"]
+
+EASE_CHUNK = 1024  # users scored at once: (1024, items) floats
 
 
 def _lists(funnel: Funnel, users: np.ndarray, k: int) -> dict[int, np.ndarray]:
@@ -53,6 +57,30 @@ def _popular(funnel: Funnel, users: np.ndarray, k: int) -> dict[int, np.ndarray]
     for u in users:
         seen = funnel.interactions.seen(int(u))
         out[int(u)] = funnel.popular[~np.isin(funnel.popular, seen)][:k]
+    return out
+
+
+def _ease(funnel: Funnel, data: Path, users: np.ndarray, k: int) -> dict[int, np.ndarray] | str:
+    """EASE fitted on the training split's positives (as `recfunnel train`'s baseline), each
+    user's top ``k`` with the funnel's exclusions; or why it was skipped."""
+    train = read_pairs(data, "train")
+    keep = train.labels > 0
+    n_users, n_items = funnel.users.cardinality - 1, funnel.items.cardinality - 1
+    try:
+        model = EASE().fit(train.users[keep], train.items[keep], n_users, n_items)
+    except RecfunnelError as e:  # too many items for a dense item-item matrix
+        return str(e)
+    out: dict[int, np.ndarray] = {}
+    for start in range(0, len(users), EASE_CHUNK):
+        chunk = users[start : start + EASE_CHUNK]
+        scores = model.score_users(chunk)
+        scores[:, 0] = -torch.inf
+        for row, u in enumerate(chunk):
+            scores[row, torch.from_numpy(funnel.interactions.seen(int(u)))] = -torch.inf
+        top = torch.topk(scores, min(k, n_items), dim=1)
+        for row, u in enumerate(chunk):
+            found = torch.isfinite(top.values[row])
+            out[int(u)] = top.indices[row][found].numpy()
     return out
 
 
@@ -105,7 +133,11 @@ def evaluate_funnel(
     k = max(ks)
     n_items = funnel.items.cardinality - 1
     eval_users = np.unique(users)
-    variants = {"most_popular": None, "retrieval": funnel.variant(rank=False, rerank="none")}
+    variants: dict[str, Any] = {
+        "most_popular": None,
+        "ease": "ease",
+        "retrieval": funnel.variant(rank=False, rerank="none"),
+    }
     if ranker is not None:
         variants["retrieval+ranking"] = funnel.variant(rerank="none")
     if funnel.config.rerank != "none" and funnel.diversity is not None:
@@ -119,7 +151,15 @@ def evaluate_funnel(
     }
     for name, variant in variants.items():
         start = time.perf_counter()
-        lists = _popular(funnel, eval_users, k) if variant is None else _lists(variant, eval_users, k)
+        if variant is None:
+            lists = _popular(funnel, eval_users, k)
+        elif variant == "ease":
+            lists = _ease(funnel, run_data(run, data), eval_users, k)
+            if isinstance(lists, str):
+                out["variants"][name] = {"skipped": lists}
+                continue
+        else:
+            lists = _lists(variant, eval_users, k)
         metrics = _metrics(lists, (users, items), n_items, ks)
         metrics["seconds"] = round(time.perf_counter() - start, 2)
         out["variants"][name] = metrics
@@ -129,6 +169,7 @@ def evaluate_funnel(
 def print_funnel_evaluation(result: dict[str, Any]) -> None:
     names = {
         "most_popular": "most-popular",
+        "ease": "EASE (baseline)",
         "retrieval": "retrieval (two-tower + index)",
         "retrieval+ranking": "+ ranking",
         "funnel": "+ ranking + re-ranking (MMR)",
@@ -136,7 +177,9 @@ def print_funnel_evaluation(result: dict[str, Any]) -> None:
     ks = sorted({int(key.rsplit("_", 1)[1]) for m in result["variants"].values() for key in m if "_at_" in key})
     cols = [f"{m}_at_{k}" for k in ks for m in ("recall", "ndcg")]
     rows = [
-        [names.get(name, name)] + [m.get(c) for c in cols] + [m["seconds"]] for name, m in result["variants"].items()
+        [names.get(name, name)] + [m.get(c) for c in cols] + [m["seconds"]]
+        for name, m in result["variants"].items()
+        if "skipped" not in m
     ]
     print(
         table(
@@ -182,7 +225,7 @@ def log_funnel_evaluation(
                 f"{variant.replace('+', '_plus_')}_{name}": value
                 for variant, metrics in result["variants"].items()
                 for name, value in metrics.items()
-                if name not in ("users", "pairs")
+                if name not in ("users", "pairs", "skipped")
             }
         )
         return tracker.run_id

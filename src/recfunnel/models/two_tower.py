@@ -8,6 +8,8 @@ dot product (or cosine). Loss-free: the retrieval task turns embeddings into a l
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,21 +26,35 @@ __all__ = ["Tower", "TwoTower", "build_two_tower", "tower_features"]
 
 class Tower(nn.Module):
     """Embeddings of the tower's sparse features, concatenated with its dense features, through an
-    MLP: dense (B, len(dense_names)), KJT (superset of ``sparse_keys``) -> (B, E)."""
+    MLP: dense (B, len(dense_names)), KJT (superset of ``sparse_keys``) -> (B, E).
+
+    ``recent``: (feature, n) to pool a sequence feature's first n ids apart as well (the user's
+    latest items beside the mean of the whole history: the next item follows the last few far
+    more than the fiftieth), as the feature ``<feature>_recent`` of the same table."""
 
     def __init__(
-        self, sparse_arch: SparseArch, dense_names: list[str], layers: list[int], normalize: bool, dropout: float = 0.0
+        self,
+        sparse_arch: SparseArch,
+        dense_names: list[str],
+        layers: list[int],
+        normalize: bool,
+        dropout: float = 0.0,
+        recent: tuple[str, int] | None = None,
     ):
         super().__init__()
         self.sparse_arch = sparse_arch
-        self.sparse_keys = sparse_arch.feature_names
+        self.recent = recent
+        derived = {recent_name(recent[0])} if recent else set()
+        self.sparse_keys = [k for k in sparse_arch.feature_names if k not in derived]  # the inputs
         self.dense_names = dense_names
-        width = len(self.sparse_keys) * sparse_arch.dim + len(dense_names)
+        width = len(sparse_arch.feature_names) * sparse_arch.dim + len(dense_names)
         self.mlp = mlp(width, layers, dropout=dropout, last_activation=False)
         self.normalize = normalize
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        embedded = self.sparse_arch(select_sparse(sparse, self.sparse_keys)).flatten(1)
+        if self.recent is not None:
+            sparse = with_recent(sparse, *self.recent)
+        embedded = self.sparse_arch(select_sparse(sparse, self.sparse_arch.feature_names)).flatten(1)
         out = self.mlp(torch.cat([embedded, dense], dim=1) if self.dense_names else embedded)
         return F.normalize(out, dim=1) if self.normalize else out
 
@@ -80,14 +96,39 @@ def tower_features(manifest: Manifest, role: str, names: list[str] | None) -> tu
     return sparse, dense
 
 
+def recent_name(feature: str) -> str:
+    return f"{feature}_recent"
+
+
+def with_recent(sparse: KeyedJaggedTensor, feature: str, n: int) -> KeyedJaggedTensor:
+    """``sparse`` and, as ``<feature>_recent``, the first ``n`` ids of each of ``feature``'s lists."""
+    jagged = sparse[feature]
+    lengths, values = jagged.lengths(), jagged.values()
+    starts = torch.cumsum(lengths, 0) - lengths
+    place = torch.arange(values.numel(), device=values.device) - torch.repeat_interleave(starts, lengths)
+    recent = KeyedJaggedTensor.from_lengths_sync(
+        keys=[recent_name(feature)], values=values[place < n], lengths=lengths.clamp(max=n)
+    )
+    return KeyedJaggedTensor.concat([sparse, recent])
+
+
 def build_two_tower(manifest: Manifest, cfg: ModelConfig, device: torch.device | None = None) -> TwoTower:
     towers = {}
     dense_index = {}
+    history = manifest.roles.get("history")
     for role in ("user", "item"):
         sparse, dense = tower_features(manifest, role, getattr(cfg, f"{role}_features"))
         tables = embedding_tables(sparse_features(manifest, sparse), cfg.embedding_dim, cfg.multi_hot_pooling)
+        recent = (history, cfg.history_recent) if history in sparse and cfg.history_recent > 0 else None
+        if recent is not None:  # pooled from the history's own table: no new rows to learn
+            tables = [
+                dataclasses.replace(t, feature_names=[*t.feature_names, recent_name(history)])
+                if t.name == history
+                else t
+                for t in tables
+            ]
         towers[role] = Tower(
-            SparseArch(tables, device=device), dense, cfg.tower_mlp, cfg.score == "cosine", cfg.dropout
+            SparseArch(tables, device=device), dense, cfg.tower_mlp, cfg.score == "cosine", cfg.dropout, recent
         )
         dense_index[role] = dense_columns(manifest, dense)
     return TwoTower(
