@@ -118,3 +118,4 @@ def test_data_without_timestamps_has_no_history_and_zero_turns_it_off(tmp_path):
         manifest = load_manifest(out)
         assert manifest.roles["history"] is None and "history" not in manifest.sparse_keys
         assert "history" not in pd.read_parquet(out / "users.parquet").columns
+        assert '"vocab":' not in (out / "manifest.json").read_text()  # as older versions wrote it

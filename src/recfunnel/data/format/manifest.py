@@ -127,7 +127,11 @@ class Manifest:
         raise DataError(f"manifest: no sparse feature {name!r}; have {[f.name for f in self.sparse]}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        for feature in out["sparse"]:  # absent when unused: older readers still read the manifest
+            if not feature["vocab"]:
+                del feature["vocab"]
+        return out
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any], where: str = MANIFEST) -> Manifest:
