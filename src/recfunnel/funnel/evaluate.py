@@ -15,6 +15,7 @@ import dataclasses
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,15 +134,15 @@ def evaluate_funnel(
     k = max(ks)
     n_items = funnel.items.cardinality - 1
     eval_users = np.unique(users)
-    variants: dict[str, Any] = {
-        "most_popular": None,
-        "ease": "ease",
-        "retrieval": funnel.variant(rank=False, rerank="none"),
+    variants: dict[str, Callable[[], dict[int, np.ndarray] | str]] = {  # each: top-k lists, or why skipped
+        "most_popular": lambda: _popular(funnel, eval_users, k),
+        "ease": lambda: _ease(funnel, run_data(run, data), eval_users, k),
+        "retrieval": lambda: _lists(funnel.variant(rank=False, rerank="none"), eval_users, k),
     }
     if ranker is not None:
-        variants["retrieval+ranking"] = funnel.variant(rerank="none")
+        variants["retrieval+ranking"] = lambda: _lists(funnel.variant(rerank="none"), eval_users, k)
     if funnel.config.rerank != "none" and funnel.diversity is not None:
-        variants["funnel"] = funnel  # + re-ranking
+        variants["funnel"] = lambda: _lists(funnel, eval_users, k)  # + re-ranking
     out: dict[str, Any] = {
         "split": split,
         "users": int(len(eval_users)),
@@ -149,17 +150,12 @@ def evaluate_funnel(
         "candidates": funnel.config.candidates,
         "variants": {},
     }
-    for name, variant in variants.items():
+    for name, top_k in variants.items():
         start = time.perf_counter()
-        if variant is None:
-            lists = _popular(funnel, eval_users, k)
-        elif variant == "ease":
-            lists = _ease(funnel, run_data(run, data), eval_users, k)
-            if isinstance(lists, str):
-                out["variants"][name] = {"skipped": lists}
-                continue
-        else:
-            lists = _lists(variant, eval_users, k)
+        lists = top_k()
+        if isinstance(lists, str):
+            out["variants"][name] = {"skipped": lists}
+            continue
         metrics = _metrics(lists, (users, items), n_items, ks)
         metrics["seconds"] = round(time.perf_counter() - start, 2)
         out["variants"][name] = metrics

@@ -23,7 +23,14 @@ from recfunnel.data.format.request_encoder import RequestEncoder
 from recfunnel.data.format.rows import jagged_take
 from recfunnel.errors import DataError
 
-__all__ = ["UserFeatures", "user_from_catalog", "user_from_raw", "tower_inputs", "pair_inputs"]
+__all__ = [
+    "UserFeatures",
+    "user_from_catalog",
+    "user_from_raw",
+    "multi_hot_from_raw",
+    "tower_inputs",
+    "pair_inputs",
+]
 
 
 @dataclass
@@ -66,16 +73,7 @@ def user_from_raw(
                 notes.append(f"features.{name}: {value!r} is not a number; treated as missing")
             out.dense[name] = float(encoder.encode(pd.DataFrame({name: [number]}), [], [name])[0][0, 0])
         elif manifest.feature(name).multi_hot:
-            values = list(value) if is_list else ([] if value is None else [value])
-            ids = encoder.indices(name, values) if values else np.zeros(0, np.int64)
-            if len(ids) and (ids == 0).any():
-                notes.append(
-                    f"features.{name}: unknown values {[v for v, i in zip(values, ids) if i == 0][:5]}; ignored"
-                )
-            if name == manifest.roles.get("history"):  # a sequence, the latest first, as in training
-                out.sparse[name] = ids[ids > 0][: manifest.feature(name).max_len]
-            else:
-                out.sparse[name] = np.unique(ids[ids > 0]) if len(ids) else ids
+            out.sparse[name] = multi_hot_from_raw(manifest, encoder, name, value, notes)
         else:
             if is_list:
                 raise DataError(f"features.{name}: expected one value ({name} is not multi-hot), got a list")
@@ -83,6 +81,21 @@ def user_from_raw(
             if value is not None and out.sparse[name][0] == 0:
                 notes.append(f"features.{name}: {value!r} is not a known value; treated as unknown")
     return out, notes
+
+
+def multi_hot_from_raw(
+    manifest: Manifest, encoder: RequestEncoder, name: str, value: Any, notes: list[str]
+) -> np.ndarray:
+    """A multi-hot feature's raw value (a list, one value or None) as the shards hold it: a set of
+    known ids, or for the history a sequence, the latest first, at most its length. Unknown values
+    are noted in ``notes`` and left out."""
+    values = list(value) if isinstance(value, (list, tuple)) else ([] if value is None else [value])
+    ids = encoder.indices(name, values) if values else np.zeros(0, np.int64)
+    if len(ids) and (ids == 0).any():
+        notes.append(f"features.{name}: unknown values {[v for v, i in zip(values, ids) if i == 0][:5]}; ignored")
+    if name == manifest.roles.get("history"):
+        return ids[ids > 0][: manifest.feature(name).max_len]
+    return np.unique(ids[ids > 0]) if len(ids) else ids
 
 
 def _user_ids(user: UserFeatures, user_key: str, key: str) -> np.ndarray:

@@ -29,7 +29,14 @@ from recfunnel.config import check, config_from_dict, with_overrides
 from recfunnel.data.format.catalog import Catalog
 from recfunnel.data.format.request_encoder import RequestEncoder
 from recfunnel.errors import ConfigError, RecfunnelError
-from recfunnel.funnel.inputs import UserFeatures, pair_inputs, tower_inputs, user_from_catalog, user_from_raw
+from recfunnel.funnel.inputs import (
+    UserFeatures,
+    multi_hot_from_raw,
+    pair_inputs,
+    tower_inputs,
+    user_from_catalog,
+    user_from_raw,
+)
 from recfunnel.funnel.rerank import mmr_many
 from recfunnel.retrieval.item_index import ItemIndex
 from recfunnel.store.interactions import load_interactions
@@ -305,11 +312,9 @@ class Funnel:
         row = position(self.user_rows, user_id) if user_id is not None else -1
         if row >= 0:
             user = user_from_catalog(self.users, row)
-            history = self.manifest.roles.get("history")
-            if history and features and history in features:  # what the user did since training
-                fresh, problems = user_from_raw(self.manifest, self.encoder, {history: features[history]})
-                user.sparse[history] = fresh.sparse[history]
-                notes.extend(problems)
+            name = self.manifest.roles.get("history")
+            if name and features and name in features:  # what the user did since training
+                user.sparse[name] = multi_hot_from_raw(self.manifest, self.encoder, name, features[name], notes)
             return user, "user"
         if user_id is not None:
             notes.append(

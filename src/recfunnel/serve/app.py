@@ -302,14 +302,6 @@ def _add_error_handlers(app: FastAPI) -> None:
             return _error(400, f"body is not valid JSON: {reason} at character {position}")
         return _error(422, validation_message(errors))
 
-    @app.exception_handler(Invalid)
-    @app.exception_handler(Overloaded)
-    @app.exception_handler(Stopped)
-    @app.exception_handler(Failed)
-    @app.exception_handler(RecfunnelError)
-    async def funnel_error(request: Request, exc: Exception) -> JSONResponse:
-        return _response_of(exc)
-
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         where = f"{request.method} {request.url.path}"
@@ -320,14 +312,19 @@ def _add_error_handlers(app: FastAPI) -> None:
             return _error(405, f"{where}: method not allowed; use {allowed}", exc.headers)
         return _error(exc.status_code, str(exc.detail), exc.headers)
 
+    @app.exception_handler(Invalid)
+    @app.exception_handler(Overloaded)
+    @app.exception_handler(Stopped)
+    @app.exception_handler(Failed)
+    @app.exception_handler(RecfunnelError)
     @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
+    async def funnel_or_internal(request: Request, exc: Exception) -> JSONResponse:
+        return _response_of(exc, f"{request.method} {request.url.path}")
 
 
-def _response_of(exc: Exception) -> JSONResponse:
-    """The answer to an exception out of the funnel or its batcher (in FastAPI or RecommendRoute)."""
+def _response_of(exc: Exception, where: str = "POST /recommend") -> JSONResponse:
+    """The answer to an exception out of the funnel or its batcher (in FastAPI or RecommendRoute);
+    any other is a 500, logged with its traceback (``where``: the request's method and path)."""
     if isinstance(exc, Invalid):
         return _error(422, str(exc))
     if isinstance(exc, Overloaded):
@@ -338,7 +335,7 @@ def _response_of(exc: Exception) -> JSONResponse:
         return _error(500, str(exc))
     if isinstance(exc, RecfunnelError):
         return _error(422, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    log.error("POST /recommend failed", exc_info=exc)
+    log.error("%s failed", where, exc_info=exc)
     return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
 

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from recfunnel.serve.batcher import Batcher
 from recfunnel.serve.metrics import Metrics
 
-__all__ = ["Admission", "BodyLimit", "RequestMetrics", "replay"]
+__all__ = ["Admission", "BodyLimit", "RequestMetrics", "read_body", "replay"]
 
 _WITH_BODY = ("POST", "PUT", "PATCH")
 DRAIN_BYTES = 1 << 20
@@ -50,18 +50,14 @@ class BodyLimit:
                 return await _reply(
                     scope, receive, send, 413, f"body is {int(declared):,} bytes; the limit is {self.max_bytes:,}"
                 )
-        body = bytearray()
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client went away: nobody to answer
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                if more and not await _drain(receive):
-                    return
-                return await _reply(scope, receive, send, 413, f"body is over the limit of {self.max_bytes:,} bytes")
+        read = await read_body(receive, self.max_bytes)
+        if read is None:
+            return  # the client went away: nobody to answer
+        body, more = read
+        if len(body) > self.max_bytes:
+            if more and not await _drain(receive):
+                return
+            return await _reply(scope, receive, send, 413, f"body is over the limit of {self.max_bytes:,} bytes")
         if body and not _is_json(headers.get("content-type")):
             return await _reply(
                 scope,
@@ -70,7 +66,21 @@ class BodyLimit:
                 415,
                 f"Content-Type: expected application/json, got {headers.get('content-type') or 'none'}",
             )
-        await self.app(scope, replay(bytes(body), receive), send)
+        await self.app(scope, replay(body, receive), send)
+
+
+async def read_body(receive: Receive, limit: int | None = None) -> tuple[bytes, bool] | None:
+    """A request's body, read until its end or until it is over ``limit`` bytes: (body, whether
+    more is to come); None if the client went away."""
+    body = bytearray()
+    more = True
+    while more and (limit is None or len(body) <= limit):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return bytes(body), more
 
 
 async def _drain(receive: Receive) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from recfunnel.serve.middleware import replay
+from recfunnel.serve.middleware import read_body, replay
 
 __all__ = ["RecommendRoute"]
 
@@ -46,14 +46,10 @@ class RecommendRoute:
             return await self.app(scope, receive, send)
         if not self._plain(scope["headers"]):
             return await self.app(scope, receive, send)
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client went away: nobody to answer
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        read = await read_body(receive)  # its declared length is within the limit
+        if read is None:
+            return  # the client went away: nobody to answer
+        body = read[0]
         try:
             request = self.model.model_validate_json(body)
         except ValidationError:  # FastAPI says what is wrong, in its words

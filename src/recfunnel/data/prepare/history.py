@@ -92,8 +92,10 @@ def build_history(
     row_keys = user_index.astype(np.int64) * span + rank.astype(np.int64)
     train = np.flatnonzero(codes == TRAIN)
     order = train[np.argsort(row_keys[train], kind="stable")]
-    position = np.full(len(row_keys), -1, np.int64)
-    position[order] = np.arange(len(order))
+    position = None
+    if kind == "others":  # a training row leaves itself out: where it is among the sorted keys
+        position = np.full(len(row_keys), -1, np.int64)
+        position[order] = np.arange(len(order))
     return History(row_keys[order], item_index[order].astype(np.int64), row_keys, span, length, kind, position)
 
 
