@@ -28,6 +28,7 @@ __all__ = [
     "HeadConfig",
     "ModelConfig",
     "RetrievalConfig",
+    "RankingConfig",
     "OptimizerConfig",
     "TrainConfig",
     "EvalConfig",
@@ -137,6 +138,22 @@ class RetrievalConfig:
             "uniform or popularity",
             self.negative_sampler,
         )
+
+
+@dataclass
+class RankingConfig:
+    """A ranker trained on a retriever's candidates (``recfunnel train --retriever TWO_TOWER_RUN``)."""
+
+    retriever: str = ""  # a two-tower run; "": train on the dataset's own rows
+    candidates: int = 200  # each list's length: the retriever's top N (the funnel's default candidates)
+    loss: str = "listwise"  # listwise (softmax over each candidate list) | bce (pointwise)
+    val_users: float = 0.1  # share of the lists' users held out to choose the epoch
+    id_features: bool = True  # read the user id, item id and history embeddings (configs/two-stage.yaml: false)
+
+    def validate(self) -> None:
+        check(self.candidates >= 2, "ranking.candidates", "an integer >= 2", self.candidates)
+        check(self.loss in ("listwise", "bce"), "ranking.loss", "listwise or bce", self.loss)
+        check(0 < self.val_users < 1, "ranking.val_users", "a number in (0, 1)", self.val_users)
 
 
 @dataclass
@@ -263,6 +280,7 @@ class RunConfig:
     model_kind: str
     model: ModelConfig = field(default_factory=ModelConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -273,12 +291,18 @@ class RunConfig:
         self.sharding.validate()
         self.model.validate()
         self.retrieval.validate()
+        self.ranking.validate()
         self.train.validate()
         self.eval.validate()
 
     @property
     def is_retrieval(self) -> bool:
         return self.model_kind == "two-tower"
+
+    @property
+    def two_stage(self) -> bool:
+        """A ranker trained on a retriever's candidate lists."""
+        return not self.is_retrieval and bool(self.ranking.retriever)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -383,17 +407,30 @@ def with_overrides(data: dict[str, Any], overrides: Sequence[str], cls: type | N
 
 
 def load_config(model_kind: str, file: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """The packaged defaults of ``model_kind``, then ``file``, then each ``key=value`` override."""
-    data = _read_yaml(default_config_text(model_kind), f"configs/{model_kind}.yaml")
+    """The packaged defaults of ``model_kind``, then ``file``, then each ``key=value`` override. A
+    ranker given a retriever (``ranking.retriever``) gets ``configs/two-stage.yaml`` after its defaults."""
+    layers = [_read_yaml(default_config_text(model_kind), f"configs/{model_kind}.yaml")]
     if file is not None:
         path = Path(file)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        data = _merge(data, _read_yaml(path.read_text(), str(path)))
-    for item in overrides:
-        data = _override(data, item)
+        layers.append(_read_yaml(path.read_text(), str(path)))
+    data = _layered(layers, overrides)
+    if model_kind != "two-tower" and (data.get("ranking") or {}).get("retriever"):
+        # a ranker on a retriever's candidate lists: its own defaults between the model's and the user's
+        text = resources.files("recfunnel").joinpath("configs", "two-stage.yaml").read_text()
+        data = _layered([layers[0], _read_yaml(text, "configs/two-stage.yaml"), *layers[1:]], overrides)
     data["model_kind"] = model_kind
     return config_from_dict(RunConfig, data)
+
+
+def _layered(layers: list[dict[str, Any]], overrides: Sequence[str]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for layer in layers:
+        data = _merge(data, layer)
+    for item in overrides:
+        data = _override(data, item)
+    return data
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

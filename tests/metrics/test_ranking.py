@@ -12,6 +12,7 @@ from recfunnel.metrics.ranking import (
     binary_metrics,
     calibration,
     calibration_bins,
+    list_metrics,
     log_loss,
     mae,
     regression_metrics,
@@ -87,3 +88,16 @@ def test_binary_metrics_from_logits_are_stable(tied):
     extreme = binary_metrics(np.array([1.0, 0.0, 1.0]), np.array([-1000.0, 1000.0, 800.0]))
     assert extreme["log_loss"] == pytest.approx(2000 / 3) and extreme["auc"] == 0.0  # no overflow, no clipping
     assert all(isinstance(v, float) for v in extreme.values())
+
+
+def test_list_metrics_reorder_each_list_by_score():
+    labels = np.array([[0, 1, 0, 1], [1, 0, 0, 0], [0, 0, 0, 0]])
+    scores = np.array([[0.1, 0.9, 0.2, 0.3], [0.0, 0.5, 0.4, 0.3], [1, 2, 3, 4]])
+    out = list_metrics(scores, labels, (2,))
+    g = 1 / np.log2(np.arange(2) + 2)
+    first = (g[0] + g[1]) / (g[0] + g[1])  # both positives in the top 2
+    second = 0.0  # its positive falls to the last place
+    assert out["ndcg_at_2"] == pytest.approx((first + second) / 2)  # the list without a positive is left out
+    assert out["recall_at_2"] == pytest.approx((1.0 + 0.0) / 2)
+    # ties keep the list's own order: equal scores are the retriever's order
+    assert list_metrics(np.zeros((1, 4)), np.array([[1, 0, 0, 0]]), (1,))["ndcg_at_1"] == 1.0

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from recfunnel.config import HeadConfig, RetrievalConfig
 from recfunnel.data.format.manifest import Label, Manifest, SplitInfo
 from recfunnel.errors import ConfigError
-from recfunnel.train.losses import RankingLoss, RetrievalLoss, StreamingFrequency
+from recfunnel.train.losses import RankingLoss, RetrievalLoss, StreamingFrequency, listwise_loss
 
 
 def manifest() -> Manifest:
@@ -141,3 +141,26 @@ def test_early_stopping_knows_which_metrics_fall_as_models_improve():
         assert _improved(0.4, 0.5, metric) and not _improved(0.6, 0.5, metric), metric
     for metric in ("auc", "label_auc", "recall_at_100", "ndcg_at_20"):
         assert _improved(0.6, 0.5, metric) and not _improved(0.4, 0.5, metric), metric
+
+
+def test_listwise_loss_is_softmax_cross_entropy_over_each_list():
+    logits = torch.tensor([2.0, 0.0, -1.0, 0.5, 1.0, 0.0, 3.0, -2.0], requires_grad=True)
+    labels = torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    weights = torch.ones(8)
+    loss = listwise_loss(logits, labels, weights, 4)
+    first = -torch.log_softmax(logits[:4], 0)[1]
+    second = -(torch.log_softmax(logits[4:], 0)[0] + torch.log_softmax(logits[4:], 0)[1]) / 2
+    assert loss.item() == pytest.approx(((first + second) / 2).item(), rel=1e-6)
+    loss.backward()
+    assert logits.grad[1] < 0 < logits.grad[0]  # the positive goes up, the others down
+
+
+def test_listwise_loss_skips_padding_and_lists_without_positives():
+    logits = torch.tensor([1.0, 0.0, 5.0, 0.3, 0.2, 0.1])
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    weights = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])  # row 2 is padding: not a competitor
+    expected = -torch.log_softmax(logits[:2], 0)[0]
+    assert float(listwise_loss(logits, labels, weights, 3)) == pytest.approx(float(expected), rel=1e-6)
+    # a batch tail shorter than a list (padding) and a batch without positives
+    assert float(listwise_loss(logits[:5], labels[:5], weights[:5], 3)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(listwise_loss(logits, torch.zeros(6), weights, 3)) == 0.0

@@ -14,6 +14,10 @@ __all__ = ["add_train_parsers"]
 def _cmd_train(args: argparse.Namespace) -> int:
     from recfunnel.train.run import train
 
+    if args.retriever:
+        if args.model == "two-tower":
+            raise RecfunnelError("--retriever: for rankers (dlrm, dcnv2, deepfm); a two-tower run is the retriever")
+        args.set = [*args.set, f"ranking.retriever={args.retriever}"]
     train_args = dict(
         model_kind=args.model,
         data=args.data,
@@ -39,6 +43,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
             else load_config(args.model, args.config, args.set)
         )
         check_compatible(config, args.data)
+        if config.two_stage:  # built once here, before the processes start (they reuse it)
+            from pathlib import Path
+
+            from recfunnel.train.candidates import describe, ensure_candidates
+
+            candidates = ensure_candidates(config, args.data, Path(args.out), args.quiet)
+            if not args.quiet:
+                print(f"recfunnel: {describe(candidates)}")
         if args.launcher == "torchrun":
             from recfunnel.train.launch import run_torchrun
 
@@ -107,6 +119,13 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override one field, e.g. --set train.batch_size=4096 (repeatable)",
+    )
+    p.add_argument(
+        "--retriever",
+        metavar="TWO_TOWER_RUN",
+        help="rankers: train on this retriever's top candidates for each user's validation "
+        "interactions (lists in RUN_DIR/candidates/), as the funnel will ask it to rank them; "
+        "ranking.loss: listwise (default) or bce",
     )
     p.add_argument("--overwrite", action="store_true", help="reuse a RUN_DIR that holds a finished run")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")

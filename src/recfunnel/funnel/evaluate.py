@@ -126,7 +126,9 @@ def evaluate_funnel(
     """Metrics of each funnel variant on ``split`` of the run's dataset."""
     funnel = Funnel.load(run, index=index, ranker=ranker, config=config)
     pairs = read_pairs(run_data(run, data), split)
-    positive = pairs.labels > 0
+    # users seen before the split, as `recfunnel train` evaluates: a user new at a time cut is a cold start
+    known = np.diff(funnel.interactions.indptr)[np.minimum(pairs.users, len(funnel.interactions.indptr) - 2)] > 0
+    positive = (pairs.labels > 0) & known
     users, items = pairs.users[positive], pairs.items[positive]
     if not len(users):
         raise RecfunnelError(f"{split}: no positive pairs to evaluate on")

@@ -138,11 +138,17 @@ def _kjt(keys: list[str], parts: list[tuple[np.ndarray, np.ndarray]], n: int) ->
 
 
 def pair_inputs(
-    manifest: Manifest, users: list[UserFeatures], items: Catalog, item_rows: list[np.ndarray]
+    manifest: Manifest,
+    users: list[UserFeatures],
+    items: Catalog,
+    item_rows: list[np.ndarray],
+    context: dict[str, np.ndarray] | None = None,
 ) -> tuple[torch.Tensor, KeyedJaggedTensor]:
     """A ranker's inputs for the (user, item) rows of several users at once: ``users[u]`` beside each
     of ``item_rows[u]`` (catalogue positions; -1 for items the catalogue lacks: OOV features), in
-    that order; every feature of ``manifest`` in its order, each row built as in training."""
+    that order; every feature of ``manifest`` in its order, each row built as in training.
+    ``context``: features of each row that are neither the user's nor the item's (the retriever's
+    score and rank of a candidate), one value per row (a single-hot one's index, or a dense value)."""
     counts = [len(r) for r in item_rows]
     n = sum(counts)
     all_rows = np.concatenate(item_rows) if item_rows else np.zeros(0, np.int64)
@@ -152,7 +158,9 @@ def pair_inputs(
     user_keys = {user_key} | {key for u in users for key in u.sparse}
     parts = []
     for key in manifest.sparse_keys:
-        if key in user_keys:
+        if context is not None and key in context:
+            parts.append((np.ones(n, np.int32), context[key]))
+        elif key in user_keys:
             parts.append(_repeated(users, user_key, key, counts))
         elif key in items.single:
             parts.append((np.ones(n, np.int32), np.where(known, items.single[key][rows], 0)))
@@ -168,7 +176,9 @@ def pair_inputs(
     dense = np.zeros((n, len(manifest.dense)), np.float32)
     starts = np.cumsum([0, *counts])
     for j, f in enumerate(manifest.dense):
-        if any(f.name in u.dense for u in users):
+        if context is not None and f.name in context:
+            dense[:, j] = context[f.name]
+        elif any(f.name in u.dense for u in users):
             for u, user in enumerate(users):
                 dense[starts[u] : starts[u + 1], j] = user.dense.get(f.name, 0.0)
         elif f.name in items.dense:

@@ -27,6 +27,14 @@ import yaml
 
 from recfunnel.config import check, config_from_dict, with_overrides
 from recfunnel.data.format.catalog import Catalog
+from recfunnel.data.format.list_features import (
+    AFFINITY,
+    LIST_FEATURES,
+    NEIGHBOURS,
+    RANK_BUCKET,
+    ItemNeighbours,
+    list_features,
+)
 from recfunnel.data.format.request_encoder import RequestEncoder
 from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.funnel.inputs import (
@@ -130,8 +138,18 @@ class Funnel:
         self.item_rows = pd.Index(self.items.raw_ids)  # raw item id -> catalogue row
         self.user_rows = pd.Index(self.users.raw_ids)
         self.tower = retriever.model.user_tower
+        self.rank_items, self.list_scale = self.items, None
+        self.neighbours: ItemNeighbours | None = None  # with list_scale: a ranker trained on candidate lists
         if ranker is not None:
             _check_same_features(retriever, ranker)
+            if LIST_FEATURES[0] in {f.name for f in ranker.manifest.dense}:  # trained on this retriever's lists
+                self.rank_items = Catalog.load(ranker.folder, ranker.manifest, "item")
+                if not np.array_equal(self.rank_items.index, self.items.index):
+                    raise RecfunnelError(
+                        "--ranker: its item catalogue differs from the two-tower's; train both on one dataset"
+                    )
+                self.list_scale = tuple(ranker.manifest.extra["candidates"]["scale"])
+                self.neighbours = ItemNeighbours.load(ranker.folder / NEIGHBOURS)
         self.allowed = self._allowed_items()  # bool by item index: what the rules keep
         self._ruled_out = int(len(self.items) - self.allowed[self.items.index].sum())
         self.diversity = self._diversity_feature()
@@ -253,7 +271,8 @@ class Funnel:
         if self.ranker is not None and self.config.rank and any(len(rows) for _, _, rows in kept):
             start = time.perf_counter()
             ranked = np.split(
-                self._rank(users, [rows for _, _, rows in kept]), np.cumsum([len(r) for *_, r in kept])[:-1]
+                self._rank(users, [rows for _, _, rows in kept], [scores for _, scores, _ in kept]),
+                np.cumsum([len(r) for *_, r in kept])[:-1],
             )
             for u, (ids_u, _, rows_u) in enumerate(kept):
                 order = np.argsort(-ranked[u], kind="stable")
@@ -342,9 +361,23 @@ class Funnel:
             notes.append(f"unknown item ids in exclude, ignored: {unknown[:10]}")
         return np.concatenate([seen, self.items.index[rows[rows >= 0]]])
 
-    def _rank(self, users: list[UserFeatures], rows: list[np.ndarray]) -> np.ndarray:
-        """The ranker's probabilities of ``users[u]`` beside each of ``rows[u]``, all in one array."""
-        dense, kjt = pair_inputs(self.ranker.manifest, users, self.items, rows)
+    def _rank(self, users: list[UserFeatures], rows: list[np.ndarray], scores: list[np.ndarray]) -> np.ndarray:
+        """The ranker's probabilities of ``users[u]`` beside each of ``rows[u]``, all in one array;
+        ``scores[u]``: the retriever's scores of ``rows[u]``, best first (list features of a
+        ranker trained on this retriever's candidates)."""
+        context = None
+        if self.list_scale is not None and self.neighbours is not None:
+            parts = [list_features(s, self.list_scale) for s in scores]
+            history = self.manifest.roles.get("history", "")
+            for part, user, rows_u in zip(parts, users, rows):  # the profile: positives, and the history
+                profile = np.concatenate([self.interactions.taken(user.index), user.sparse.get(history, [])])
+                candidates = np.where(rows_u >= 0, self.items.index[np.maximum(rows_u, 0)], 0)
+                part[AFFINITY] = self.neighbours.affinity(candidates, profile)
+            names = [*LIST_FEATURES, AFFINITY, RANK_BUCKET]
+            context = {name: np.concatenate([p[name] for p in parts]) for name in names}
+            top_bucket = self.ranker.manifest.feature(RANK_BUCKET).cardinality - 1  # lists longer than trained on
+            context[RANK_BUCKET] = np.minimum(context[RANK_BUCKET], top_bucket)
+        dense, kjt = pair_inputs(self.ranker.manifest, users, self.rank_items, rows, context)
         with torch.inference_mode():
             logits = self.ranker.model(dense, kjt)
         return torch.sigmoid(logits[:, 0]).float().numpy()

@@ -25,6 +25,7 @@ __all__ = [
     "binary_metrics",
     "regression_metrics",
     "sigmoid",
+    "list_metrics",
 ]
 
 EPS = 1e-15  # probabilities are clipped to [EPS, 1 - EPS] before taking logs
@@ -157,3 +158,26 @@ def binary_metrics(labels: Any, logits: Any, weights: Any = None) -> dict[str, f
 def regression_metrics(labels: Any, preds: Any, weights: Any = None) -> dict[str, float]:
     """``{"rmse", "mae"}`` of ``preds`` (n,) for ``labels`` (n,)."""
     return {"rmse": rmse(labels, preds, weights), "mae": mae(labels, preds, weights)}
+
+
+def list_metrics(scores: np.ndarray, labels: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """NDCG@k and recall@k of candidate lists re-ordered by ``scores``, over the lists holding a
+    positive: ``scores``, ``labels`` (lists, n), a positive is a label > 0; a list's ideal DCG
+    counts its own positives. Ties keep the list's order (the retriever's)."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels) > 0
+    keep = labels.any(axis=1)
+    scores, labels = scores[keep], labels[keep]
+    if not len(labels):
+        return {}
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranked = np.take_along_axis(labels, order, axis=1)
+    positives = labels.sum(axis=1)
+    gains = 1.0 / np.log2(np.arange(labels.shape[1]) + 2.0)
+    out = {}
+    for k in ks:
+        k = min(k, labels.shape[1])
+        dcg = (ranked[:, :k] * gains[:k]).sum(axis=1)
+        ideal = np.cumsum(gains[:k])[np.minimum(positives, k) - 1]
+        out[f"ndcg_at_{k}"] = float((dcg / ideal).mean())
+        out[f"recall_at_{k}"] = float((ranked[:, :k].sum(axis=1) / positives).mean())
+    return out

@@ -41,6 +41,13 @@ class Interactions:
             return np.zeros(0, np.int64)
         return self.pairs.items[self.indptr[user_index] : self.indptr[user_index + 1]]
 
+    def taken(self, user_index: int) -> np.ndarray:
+        """Item indices the user interacted with positively (first label > 0)."""
+        if not 0 < user_index < len(self.indptr) - 1:
+            return np.zeros(0, np.int64)
+        lo, hi = self.indptr[user_index], self.indptr[user_index + 1]
+        return self.pairs.items[lo:hi][self.pairs.labels[lo:hi] > 0]
+
     @classmethod
     def of(cls, pairs: Pairs, is_train: np.ndarray, manifest: Manifest) -> Interactions:
         """From pairs in any order (sorted here); is_train: bool (n,), the pairs of the train split."""

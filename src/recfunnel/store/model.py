@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import yaml
 from torch import nn
 
 from recfunnel.config import RunConfig, config_from_dict
+from recfunnel.data.format.list_features import NEIGHBOURS
 from recfunnel.data.format.manifest import Manifest, load_manifest
 from recfunnel.errors import RecfunnelError
 from recfunnel.files import atomic_output_dir
@@ -35,7 +37,14 @@ def build_model(config: RunConfig, manifest: Manifest, device: torch.device | st
     device = torch.device(device) if device is not None else None
     if config.is_retrieval:
         return build_two_tower(manifest, config.model, device=device)
-    return build_ranker(config.model_kind, manifest, config.model, device=device)
+    model = config.model
+    if config.two_stage and not config.ranking.id_features and model.features is None:
+        # one list per user is too little to learn an embedding per user or item id from: they
+        # overfit in an epoch or two (MovieLens 100k), and the retriever's score and the profile
+        # affinity already carry what the ids know
+        ids = {manifest.roles.get(role) for role in ("user", "item", "history")}
+        model = dataclasses.replace(model, features=[key for key in manifest.sparse_keys if key not in ids])
+    return build_ranker(config.model_kind, manifest, model, device=device)
 
 
 def save_model(
@@ -51,8 +60,11 @@ def save_model(
         if (data / "vocab").is_dir():
             shutil.copytree(data / "vocab", tmp / "vocab")
         for table in ("users.parquet", "items.parquet"):
-            if config.is_retrieval and (data / table).is_file():
+            # a two-stage ranker reads item features only the candidate lists have (popularity)
+            if (config.is_retrieval or config.two_stage) and (data / table).is_file():
                 shutil.copy2(data / table, tmp / table)
+        if config.two_stage and (data / NEIGHBOURS).is_file():
+            shutil.copy2(data / NEIGHBOURS, tmp / NEIGHBOURS)
         if manifest.kind == "interactions":
             save_interactions(tmp, data, manifest)
     return Path(folder)

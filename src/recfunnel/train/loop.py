@@ -29,7 +29,7 @@ from recfunnel.errors import RecfunnelError
 from recfunnel.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from recfunnel.train.distributed import World
 
-__all__ = ["TrainingError", "FitResult", "fit", "full_state_dict", "LOWER_IS_BETTER"]
+__all__ = ["TrainingError", "FitResult", "fit", "full_state_dict", "rows_per_batch", "LOWER_IS_BETTER"]
 
 LOWER_IS_BETTER = ("loss", "rmse", "mae")  # suffixes: log_loss, and a multi-head model's rating_rmse
 
@@ -306,6 +306,12 @@ class _Loop:
             )
 
 
+def rows_per_batch(batch_size: int, manifest: Manifest) -> int:
+    """``train.batch_size``, rounded down to whole candidate lists for list data (at least one)."""
+    group = int(manifest.extra.get("list_rows", 1))
+    return max(group, batch_size - batch_size % group)
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -336,7 +342,7 @@ def fit(
     loader = StreamingBatchLoader(
         data,
         "train",
-        batch_size=cfg.batch_size,
+        batch_size=rows_per_batch(cfg.batch_size, manifest),
         shuffle=True,
         seed=cfg.seed,
         num_workers=cfg.num_workers,

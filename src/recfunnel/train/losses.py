@@ -16,7 +16,7 @@ from recfunnel.config import HeadConfig, RetrievalConfig
 from recfunnel.data.format.manifest import Manifest
 from recfunnel.errors import ConfigError
 
-__all__ = ["RankingLoss", "RetrievalLoss", "StreamingFrequency"]
+__all__ = ["RankingLoss", "RetrievalLoss", "StreamingFrequency", "listwise_loss"]
 
 
 class RankingLoss:
@@ -58,6 +58,25 @@ class RankingLoss:
             total = total + head.weight * loss
         out["loss"] = total
         return out
+
+
+def listwise_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, list_rows: int) -> torch.Tensor:
+    """Softmax cross-entropy over each candidate list (ListNet with 0/1 labels): every ``list_rows``
+    consecutive rows are one list; a list's loss is the mean over its positives of -log softmax,
+    averaged over the lists that hold a positive. Rows of weight 0 (padding) take no part.
+    ``logits``, ``labels``, ``weights``: (B,)."""
+    pad = (-len(logits)) % list_rows  # a batch's tail that is not a whole list: padding rows
+    if pad:
+        logits, labels, weights = (F.pad(t, (0, pad)) for t in (logits, labels, weights))
+    live = (weights > 0).view(-1, list_rows)
+    scores = logits.view(-1, list_rows).float().masked_fill(~live, -torch.inf)
+    target = ((labels > 0) & (weights > 0)).view(-1, list_rows).float()
+    positives = target.sum(dim=1)
+    has = positives > 0
+    if not has.any():
+        return logits.sum() * 0.0  # keeps the graph: every rank steps together
+    log_p = torch.log_softmax(scores[has], dim=1).masked_fill(~live[has], 0.0)
+    return (-(log_p * target[has]).sum(dim=1) / positives[has]).mean()
 
 
 class StreamingFrequency:

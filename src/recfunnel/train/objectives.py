@@ -17,12 +17,17 @@ from recfunnel.data.format.catalog import Catalog
 from recfunnel.data.format.manifest import Manifest
 from recfunnel.data.format.pairs import earlier_splits, item_popularity, read_pairs
 from recfunnel.data.stream.loader import Batch, StreamingBatchLoader
-from recfunnel.metrics.ranking import accuracy, binary_metrics, regression_metrics
+from recfunnel.metrics.ranking import accuracy, binary_metrics, list_metrics, regression_metrics
 from recfunnel.metrics.retrieval import evaluate_topk, tfrs_accuracy
-from recfunnel.train.losses import RankingLoss, RetrievalLoss
+from recfunnel.train.losses import RankingLoss, RetrievalLoss, listwise_loss
 from recfunnel.train.negatives import NegativeSampler
 
-__all__ = ["RankingObjective", "RetrievalObjective", "gather", "sync"]
+__all__ = ["RankingObjective", "RetrievalObjective", "gather", "sync", "list_ks"]
+
+
+def list_ks(config: RunConfig) -> list[int]:
+    """The cut-offs of a two-stage ranker's list metrics: ``eval.ks`` within a list's length."""
+    return [k for k in config.eval.ks if k <= config.ranking.candidates] or [config.ranking.candidates]
 
 
 def gather(array: np.ndarray) -> np.ndarray:
@@ -52,6 +57,9 @@ class RankingObjective:
         self.data = str(data)
         self.predictions: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # the last, by split
         self.negatives = None
+        # candidate lists (a two-stage ranker's data): whole lists of list_rows rows, in the retriever's order
+        self.list_rows = int(manifest.extra.get("list_rows", 0))
+        self.listwise = bool(self.list_rows) and config.ranking.loss == "listwise"
         if config.train.sampled_negatives:
             self.negatives = NegativeSampler(
                 manifest,
@@ -64,7 +72,11 @@ class RankingObjective:
     def loss(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         if self.negatives is not None:
             batch = self.negatives(batch.to(torch.device("cpu"))).to(batch.dense.device)
-        return self.criterion.losses(model(batch.dense, batch.sparse), batch.labels, batch.weights)
+        logits = model(batch.dense, batch.sparse)
+        if self.listwise:
+            labels = batch.labels[:, self.criterion.columns[0]]
+            return {"loss": listwise_loss(logits[:, 0], labels, batch.weights, self.list_rows)}
+        return self.criterion.losses(logits, batch.labels, batch.weights)
 
     def state_dict(self) -> dict[str, Any]:
         return {"negatives": self.negatives.generator.get_state()} if self.negatives is not None else {}
@@ -115,7 +127,17 @@ class RankingObjective:
             if len(heads) > 1:
                 out[f"{prefix}loss"] = float(losses[head.label])
         out["loss"] = float(losses["loss"])
+        if self.list_rows:
+            out.update(self._list_metrics(logits[:, 0], labels[:, self.criterion.columns[0]]))
         return out
+
+    def _list_metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """The ranker's order of each candidate list beside the retriever's (the rows' order)."""
+        n = self.list_rows
+        scores, labels = logits.reshape(-1, n), labels.reshape(-1, n)
+        ks = tuple(list_ks(self.config))
+        retriever = list_metrics(np.broadcast_to(-np.arange(n, dtype=np.float64), scores.shape), labels, ks)
+        return {**list_metrics(scores, labels, ks), **{f"retrieval_{k}": v for k, v in retriever.items()}}
 
 
 class RetrievalObjective:
@@ -206,8 +228,11 @@ class RetrievalObjective:
         return np.concatenate([p.users for p in pairs]), np.concatenate([p.items for p in pairs])
 
     def relevant(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The split's positive (user, item) pairs of users seen before it (in an earlier split): a
+        user new at a global time cut is a cold start, which no model of their past can serve."""
         pairs = self.pairs(split)
-        keep = pairs.labels > 0
+        seen = np.unique(self.exclusions(split)[0])
+        keep = (pairs.labels > 0) & np.isin(pairs.users, seen)
         return pairs.users[keep], pairs.items[keep]
 
     def evaluate_scores(self, score_users, split: str, no_exclusion: bool = False) -> dict[str, float]:

@@ -28,12 +28,13 @@ from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.files import write_text_atomic
 from recfunnel.store.model import MODEL_DIR, build_model, load_trained, save_model
 from recfunnel.tracking.tracker import FALLBACK_DB, Tracker, file_sha256, package_versions
+from recfunnel.train.candidates import CANDIDATES, describe, ensure_candidates, list_manifest
 from recfunnel.train.checkpoint import latest_checkpoint
 from recfunnel.train.compare import ranking_baselines, retrieval_baselines
 from recfunnel.train.distributed import embedding_collections, init_embeddings, init_world, wrap
 from recfunnel.train.loop import fit
 from recfunnel.train.losses import RankingLoss
-from recfunnel.train.objectives import RankingObjective, RetrievalObjective
+from recfunnel.train.objectives import RankingObjective, RetrievalObjective, list_ks, sync
 from recfunnel.train.sharding import forced_plan, plan_table
 from recfunnel.train.summary import log_results, print_run_summary
 
@@ -62,6 +63,8 @@ def check_compatible(config: RunConfig, data: str | Path, manifest: Manifest | N
                 f"{data}: two-tower needs a user-item interactions dataset, this one is "
                 f"{manifest.kind!r}; train a ranker (dlrm, dcnv2, deepfm) on it instead"
             )
+    if config.two_stage:
+        _check_two_stage(config, data, manifest)
     if config.train.sampled_negatives:
         if config.is_retrieval:
             raise ConfigError(
@@ -76,12 +79,31 @@ def check_compatible(config: RunConfig, data: str | Path, manifest: Manifest | N
                 "train.sampled_negatives: only binary heads can take sampled negatives (label 0); "
                 f"the model has {[f'{h.label}: {h.kind}' for h in config.model.heads]}"
             )
-    build_model(config, manifest, device="meta")  # raises on unknown features
+    # raises on unknown features (a two-stage ranker reads its candidate lists' features)
+    build_model(config, list_manifest(manifest, 2) if config.two_stage else manifest, device="meta")
     if not config.is_retrieval:
         RankingLoss(config.model.heads, manifest)  # raises on unknown labels
     if "train" not in manifest.splits:
         raise ConfigError(f"{data}: no train split")
     _early_stopping_metric(config)  # raises on a metric the model does not report
+
+
+def _check_two_stage(config: RunConfig, data: str | Path, manifest: Manifest) -> None:
+    """A ranker on a retriever's candidates: an interactions dataset with a val split, a binary
+    first head, no sampled negatives (the lists hold the retriever's own)."""
+    if manifest.kind != "interactions":
+        raise ConfigError(f"--retriever: needs a user-item interactions dataset, {data} is {manifest.kind!r}")
+    if "val" not in manifest.splits or manifest.splits["val"].rows == 0:
+        raise ConfigError(
+            f"--retriever: {data} has no val split; the ranker learns from the retriever's candidates on "
+            f"interactions it was not trained on (prepare the data with a val split)"
+        )
+    if config.train.sampled_negatives:
+        raise ConfigError("train.sampled_negatives: not with --retriever; the candidate lists are the negatives")
+    if len(config.model.heads) != 1 or config.model.heads[0].kind != "binary":
+        raise ConfigError("--retriever: the ranker needs one binary head (label 1: the user took the candidate)")
+    if not Path(config.ranking.retriever).exists():
+        raise ConfigError(f"--retriever: {config.ranking.retriever}: no such run folder")
 
 
 def _objective(config: RunConfig, manifest: Manifest, data: str, model: torch.nn.Module) -> Any:
@@ -108,7 +130,12 @@ def validation_metrics(config: RunConfig) -> list[str]:
         )
     heads = config.model.heads
     names = [(f"{h.label}_" if len(heads) > 1 else "") + m for h in heads for m in HEAD_METRICS[h.kind]]
-    return names + (["loss"] + [f"{h.label}_loss" for h in heads] if len(heads) > 1 else ["loss"])
+    names += ["loss"] + [f"{h.label}_loss" for h in heads] if len(heads) > 1 else ["loss"]
+    if config.two_stage:  # the candidate lists re-ordered, the funnel's question, comes first
+        ks = list_ks(config)
+        lists = [f"{m}_at_{k}" for k in [min(ks, key=lambda k: abs(k - 10))] + ks for m in ("ndcg", "recall")]
+        names = list(dict.fromkeys(lists)) + names
+    return names
 
 
 def _early_stopping_metric(config: RunConfig) -> str:
@@ -254,6 +281,13 @@ def train(
         write_text_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         _write_status(out, "running")
     try:
+        if config.two_stage:  # the ranker learns from the retriever's candidate lists
+            if world.is_main:
+                candidates = ensure_candidates(config, data, out, quiet)
+                _say(describe(candidates), quiet)
+            sync()
+            data = str(out / CANDIDATES)
+            manifest = load_manifest(data)
         return _train(config, manifest, data, out, model_kind, metric, world, checkpoint, resume, quiet)
     except BaseException as err:
         if world.is_main:
@@ -407,6 +441,8 @@ def _finish(config, manifest, data, out, objective, result, world, tracker, metr
         },
         "mlflow": {"run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri},
     }
+    if config.two_stage:
+        metrics["candidates"] = {k: v for k, v in manifest.extra["candidates"].items() if k != "key"}
     if world.is_main:
         write_text_atomic(out / METRICS, json.dumps(metrics, indent=2) + "\n")
         log_results(tracker, metrics, result.history, trained, out, objective, config)

@@ -345,3 +345,15 @@ def test_loaders_leave_no_shared_memory_or_descriptors(tiny):
     assert done.returncode == 0, done.stderr
     held = json.loads(done.stdout.strip().splitlines()[-1])
     assert held["after"] == held["before"]
+
+
+def test_a_window_of_lists_is_shuffled_list_by_list():
+    from recfunnel.data.stream.dataset import _shuffled
+
+    order = _shuffled(np.random.default_rng(0), 40, 8)
+    assert sorted(order.tolist()) == list(range(40))
+    groups = order.reshape(-1, 8)
+    assert (groups == groups[:, :1] + np.arange(8)).all() and (groups[:, 0] % 8 == 0).all()
+    assert groups[:, 0].tolist() != sorted(groups[:, 0].tolist())
+    # rows that are not whole groups (or groups of one) are shuffled row by row
+    assert sorted(_shuffled(np.random.default_rng(0), 41, 8).tolist()) == list(range(41))

@@ -262,8 +262,10 @@ class BlockStreamDataset(StreamingDataset):
             weights = np.repeat(np.where(copies, 0.0, 1.0).astype(np.float32), [len(b) for b in blocks])
             window = Window.of(blocks, weights)
             if self.shuffle:
-                window.order = np.random.default_rng([self.shuffle_seed, self._epoch, int(ids[0])]).permutation(
-                    int(share.window_rows[w])
+                window.order = _shuffled(
+                    np.random.default_rng([self.shuffle_seed, self._epoch, int(ids[0])]),
+                    int(share.window_rows[w]),
+                    int(self.manifest.extra.get("list_rows", 1)),
                 )
             window.order = window.order[start + max(0, skip_rows - done) :]
             done += size
@@ -333,3 +335,12 @@ def _take(queue: list[Window], n: int) -> BatchParts:
         if not len(queue[0]):
             queue.pop(0)
     return join(parts)
+
+
+def _shuffled(rng: np.random.Generator, rows: int, group: int) -> np.ndarray:
+    """An emission order of a window's rows: a permutation of its rows, or of its whole groups of
+    ``group`` consecutive rows (candidate lists, kept together for listwise losses; blocks hold
+    whole lists, so a window's rows are a multiple of ``group``)."""
+    if group <= 1 or rows % group:
+        return rng.permutation(rows)
+    return (rng.permutation(rows // group)[:, None] * group + np.arange(group)).reshape(-1)
