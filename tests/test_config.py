@@ -11,10 +11,23 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_every_shipped_config_loads_and_there_is_one_per_model():
-    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(MODELS)
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted([*MODELS, "two-stage"])
     for model in MODELS:
         config = load_config(model)
         assert isinstance(config, RunConfig) and config.model_kind == model
+
+
+def test_a_ranker_given_a_retriever_gets_the_two_stage_defaults_below_the_users_own(tmp_path):
+    plain = load_config("dlrm")
+    assert not plain.two_stage and plain.ranking.id_features and plain.train.epochs == 10
+    two_stage = load_config("dlrm", None, ["ranking.retriever=runs/tt"])
+    assert two_stage.two_stage and not two_stage.ranking.id_features and two_stage.train.epochs == 20
+    assert two_stage.model.top_mlp == plain.model.top_mlp  # the model's own defaults stay
+    file = tmp_path / "mine.yaml"
+    file.write_text("train:\n  epochs: 3\n")
+    mine = load_config("deepfm", file, ["ranking.retriever=runs/tt", "ranking.loss=bce"])
+    assert mine.train.epochs == 3 and mine.ranking.loss == "bce" and not mine.ranking.id_features
+    assert not load_config("two-tower", None, ["ranking.retriever=x"]).two_stage
 
 
 def test_file_then_dotted_overrides_apply_in_order(tmp_path):

@@ -67,3 +67,31 @@ def test_a_history_sent_in_a_request_encodes_like_the_shards(data):
     raw = Vocab.load(out / "vocab", "item_id").decode(np.array(offline["history"]))  # raw ids, as a client has them
     user, notes = user_from_raw(manifest, encoder, {"history": list(raw)})
     assert len(offline["history"]) == 8 and user.sparse["history"].tolist() == offline["history"] and notes == []
+
+
+@pytest.fixture(scope="module")
+def data_with_val(tmp_path_factory):
+    """Each user's last row to test and the one before to val: the test row's history holds the
+    val row, the val row's does not."""
+    out = tmp_path_factory.mktemp("inputs-val") / "data"
+    prepare_synthetic_interactions(3000, out, users=60, items=80, history=8, quiet=True)
+    return out, load_manifest(out)
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_the_catalogue_as_of_a_split_gives_that_splits_rows_their_history(data_with_val, split):
+    out, manifest = data_with_val
+    _, rows = read_split(out, split, manifest)
+    users = Catalog.load(out, manifest, "user", as_of=split)
+    user_col, j = manifest.sparse_keys.index("user_id"), [f.name for f in manifest.multi_hot].index("history")
+    assert len(rows) == 60
+    for r in range(len(rows)):
+        offline, _ = _row_features(manifest, rows, r)
+        user = user_from_catalog(users, int(users.positions_of(np.array([rows.sparse[r, user_col]]))[0]))
+        assert user.sparse["history"].tolist() == offline["history"], r
+    if split == "test":  # the latest item of a test row's history is its user's val item
+        _, val = read_split(out, "val", manifest)
+        val_item = dict(zip(val.sparse[:, user_col].tolist(), val.sparse[:, manifest.sparse_keys.index("item_id")]))
+        starts = np.r_[0, np.cumsum(rows.mh_lengths[:, j])]
+        latest = [int(rows.mh_values[j][starts[r]]) for r in range(len(rows))]
+        assert latest == [int(val_item[u]) for u in rows.sparse[:, user_col].tolist()]

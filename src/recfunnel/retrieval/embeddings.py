@@ -24,13 +24,16 @@ __all__ = ["tower_embeddings", "export_embeddings"]
 
 
 @torch.no_grad()
-def tower_embeddings(trained: Trained, role: str, batch_size: int = 8192) -> tuple[Catalog, np.ndarray]:
-    """(catalogue, float32 (n, E) embeddings in catalogue row order) of ``role`` ("user" | "item")."""
+def tower_embeddings(
+    trained: Trained, role: str, batch_size: int = 8192, as_of: str = "test"
+) -> tuple[Catalog, np.ndarray]:
+    """(catalogue, float32 (n, E) embeddings in catalogue row order) of ``role`` ("user" | "item");
+    ``as_of``: the split whose moment the users' features describe (see ``Catalog.load``)."""
     if not trained.config.is_retrieval:
         raise RecfunnelError(
             f"{trained.folder}: a {trained.kind} model has no towers; embeddings come from a two-tower run"
         )
-    catalog = Catalog.load(trained.folder, trained.manifest, role)
+    catalog = Catalog.load(trained.folder, trained.manifest, role, as_of)
     tower = getattr(trained.model, f"{role}_tower")
     parts = []
     for start in range(0, len(catalog), batch_size):

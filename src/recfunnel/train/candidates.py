@@ -152,13 +152,18 @@ def build_candidates(
         )
     trained = _retriever(retriever, source, data)
     start = time.perf_counter()
-    user_catalog, user_vectors = tower_embeddings(trained, "user")
+    splits = [s for s in ("val", "test") if s in source.splits]
+    # the users as of each split: their history holds what was known at its moment
+    user_catalog = {s: tower_embeddings(trained, "user", as_of=s) for s in splits}
     item_catalog, item_vectors = tower_embeddings(trained, "item")
-    if trained.config.model.score == "cosine":  # as the index scores them
-        user_vectors, item_vectors = normalise(user_vectors), normalise(item_vectors)
-    users = Catalog.load(data, source, "user")
+    cosine = trained.config.model.score == "cosine"  # as the index scores them
+    user_vectors = {s: normalise(v) if cosine else v for s, (_, v) in user_catalog.items()}
+    item_vectors = normalise(item_vectors) if cosine else item_vectors
+    users = {s: Catalog.load(data, source, "user", as_of=s) for s in splits}
     items = Catalog.load(data, source, "item")
-    if not np.array_equal(items.index, item_catalog.index) or not np.array_equal(users.index, user_catalog.index):
+    if not np.array_equal(items.index, item_catalog.index) or any(
+        not np.array_equal(users[s].index, c.index) for s, (c, _) in user_catalog.items()
+    ):
         raise ConfigError(f"ranking.retriever: {retriever}'s catalogues differ from {data}'s; train it on {data}")
     train = read_pairs(data, "train")
     counts = item_popularity(train, items.cardinality)
@@ -171,9 +176,7 @@ def build_candidates(
     scale: tuple[float, float] | None = None
     with atomic_output_dir(folder, overwrite=True) as tmp:
         writers = {s: SplitWriter(tmp / s, _block_rows(n)) for s in ("train", "val", "test") if s in _wanted(source)}
-        for split in ("val", "test"):
-            if split not in source.splits:
-                continue
+        for split in splits:
             order = lists.users_of(split, seed)
             held = _held_out(order, val_users, seed) if split == "val" else np.zeros(len(order), bool)
             kept = {"users": len(order), "lists": 0, "positives": 0}
@@ -192,7 +195,7 @@ def build_candidates(
                         writers[target].write(
                             pair_rows(
                                 manifest,
-                                users,
+                                users[split],
                                 items,
                                 counts,
                                 chunk[mask],
@@ -308,9 +311,9 @@ def _catalogues(data: Path, folder: Path, counts: np.ndarray) -> None:
 class _Lists:
     """Each user's top ``n`` unseen items under the retriever, and their labels in a split."""
 
-    def __init__(self, manifest, data, user_vectors, item_vectors, users: Catalog, items: Catalog, n: int):
+    def __init__(self, manifest, data, user_vectors, item_vectors, users: dict[str, Catalog], items: Catalog, n: int):
         self.manifest, self.data, self.n = manifest, data, n
-        self.user_vectors = torch.from_numpy(np.ascontiguousarray(user_vectors, np.float32))
+        self.user_vectors = {s: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for s, v in user_vectors.items()}
         self.item_vectors = torch.from_numpy(np.ascontiguousarray(item_vectors, np.float32))
         self.users, self.items = users, items
         self._pairs: dict[str, Any] = {}
@@ -329,7 +332,7 @@ class _Lists:
             before = [self.pairs(s) for s in earlier_splits(split, self.manifest.splits)]
             users = np.concatenate([p.users[p.labels > 0] for p in before])
             items = np.concatenate([p.items[p.labels > 0] for p in before])
-            shape = (self.users.cardinality, self.items.cardinality)
+            shape = (self.users["val"].cardinality, self.items.cardinality)
             self._profiles[split] = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=shape)
         return self._profiles[split]
 
@@ -337,7 +340,7 @@ class _Lists:
         """User indices with a positive pair in ``split``, in a seeded order (lists are written so)."""
         pairs = self.pairs(split)
         found = np.unique(pairs.users[pairs.labels > 0])
-        found = found[self.users.positions_of(found) >= 0]
+        found = found[self.users[split].positions_of(found) >= 0]
         return found[np.random.default_rng([seed, len(split)]).permutation(len(found))]
 
     def _keys(self, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -354,8 +357,8 @@ class _Lists:
     def top(self, split: str, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(item catalogue rows (u, n), scores float32 (u, n), labels bool (u, n)) of ``users``."""
         span = self.items.cardinality
-        rows = self.users.positions_of(users)
-        scores = self.user_vectors[torch.from_numpy(rows)] @ self.item_vectors.T  # (u, catalogue rows)
+        rows = self.users[split].positions_of(users)
+        scores = self.user_vectors[split][torch.from_numpy(rows)] @ self.item_vectors.T  # (u, catalogue rows)
         seen, positive = self._keys(split)
         grid = users[:, None] * span + self.items.index[None, :]
         scores[torch.from_numpy(np.isin(grid, seen))] = -torch.inf

@@ -148,7 +148,8 @@ class RetrievalObjective:
         self.config = config
         self.data = str(data)
         self.manifest = manifest
-        self.users = Catalog.load(data, manifest, "user")
+        self.users = Catalog.load(data, manifest, "user")  # as of the test split (and serving)
+        self.users_at_val = Catalog.load(data, manifest, "user", as_of="val")  # history: training rows only
         self.items = Catalog.load(data, manifest, "item")
         self.item_key = manifest.roles["item"]
         n_items = manifest.feature(self.item_key).cardinality
@@ -200,9 +201,10 @@ class RetrievalObjective:
         return {"loss": loss}
 
     @torch.no_grad()
-    def embeddings(self, model: nn.Module, role: str, device: torch.device) -> torch.Tensor:
-        """(cardinality, E) embeddings by id-feature index; row 0 (OOV) and unknown rows are 0."""
-        catalog = self.users if role == "user" else self.items
+    def embeddings(self, model: nn.Module, role: str, device: torch.device, split: str = "test") -> torch.Tensor:
+        """(cardinality, E) embeddings by id-feature index; row 0 (OOV) and unknown rows are 0.
+        Users as of ``split``: their history holds what was known then."""
+        catalog = self.items if role == "item" else self.users_at_val if split == "val" else self.users
         tower = getattr(_inner(model), f"{role}_tower")
         keys, dense_names = self.user_inputs if role == "user" else self.item_inputs
         out = None
@@ -255,6 +257,6 @@ class RetrievalObjective:
     def evaluate(
         self, model: nn.Module, split: str, device: torch.device, no_exclusion: bool = False
     ) -> dict[str, float]:
-        user_emb = self.embeddings(model, "user", device)
+        user_emb = self.embeddings(model, "user", device, split)
         item_emb = self.embeddings(model, "item", device)
         return self.evaluate_scores(lambda u: user_emb[torch.from_numpy(u)] @ item_emb.T, split, no_exclusion)

@@ -1,5 +1,6 @@
-"""The `history` feature: no row sees itself, anything later (splits in time) or any row that is
-not a training row; serving gets each user's latest."""
+"""The `history` feature: no row sees itself, anything later (splits in time), or any row its stage
+did not know (training and validation rows see training rows; test rows training and validation
+rows); serving gets each user's latest, and the validation split's moment its own."""
 
 from collections import Counter, defaultdict
 
@@ -18,7 +19,8 @@ LENGTH = 4
 def _prepared(tmp_path, split: str, rows: int = 1500):
     """Random interactions with ties in time (40 distinct times) and repeated (user, item) pairs,
     prepared; the timestamp is also a dense feature, so that a row read back knows its time.
-    (manifest, {user: [(time, item)] of training rows}, [(split, user, item, time, history)])."""
+    (manifest, {"train" | "val": {user: [(time, item)] of training (+ validation) rows}},
+    [(split, user, item, time, history)])."""
     rng = np.random.default_rng(0)
     frame = pd.DataFrame(
         {
@@ -33,10 +35,12 @@ def _prepared(tmp_path, split: str, rows: int = 1500):
     out = tmp_path / "data"
     prepare_interactions(tmp_path / "in.csv", out, dense=["when"], split=split, history=LENGTH, quiet=True)
     manifest = load_manifest(out)
-    train = read_pairs(out, "train")
-    past = defaultdict(list)
-    for user, item, t in zip(train.users, train.items, train.timestamps):
-        past[user].append((t, item))
+    past = {"train": defaultdict(list), "val": defaultdict(list)}  # rows known: training, + validation
+    for name in ("train", "val"):
+        pairs = read_pairs(out, name)
+        for user, item, t in zip(pairs.users, pairs.items, pairs.timestamps):
+            for stage in ("train", "val")[("train", "val").index(name) :]:
+                past[stage][user].append((t, item))
     stats = manifest.extra["dense_stats"]["when"]
     j = [f.name for f in manifest.multi_hot].index("history")
     user_col, item_col = manifest.sparse_keys.index("user_id"), manifest.sparse_keys.index("item_id")
@@ -77,22 +81,26 @@ def test_in_a_split_in_time_every_row_sees_training_items_strictly_before_it_the
     assert manifest.roles["history"] == "history" and "history" in manifest.roles["user_features"]
     feature = manifest.feature("history")
     assert feature.multi_hot and feature.vocab == "item_id" and feature.max_len == LENGTH
+    val_seen = 0
     for name, user, item, t, history in seen:
-        earlier = [(s, i) for s, i in past[user] if s < t]  # training rows only, strictly earlier
+        known = past["val" if name == "test" else "train"][user]  # what the row's stage knew
+        earlier = [(s, i) for s, i in known if s < t]  # strictly earlier
         assert len(history) == min(LENGTH, len(earlier)), (name, user, t)
         assert _latest(earlier, history), (name, user, t, history)
         if item in history:  # the row's own item only when the user had it before
             assert item in [i for _, i in earlier]
+        val_seen += name == "test" and len(earlier) > len([e for e in past["train"][user] if e[0] < t])
+    assert val_seen > 0  # test rows do see validation rows
     _serving_gets_the_latest(out, past)
 
 
 def test_in_a_random_split_every_row_sees_the_users_other_training_rows(tmp_path):
-    """Held-out rows come from anywhere in a user's time line: a row sees the user's latest
-    training rows but itself (never a validation or test row)."""
+    """Held-out rows come from anywhere in a user's time line: a row sees the user's latest known
+    rows but itself (a test row: training and validation rows; never a test row)."""
     out, manifest, past, seen = _prepared(tmp_path, "random")
     assert "left out" in manifest.extra["history"]["of"]
     for name, user, item, t, history in seen:
-        others = list(past[user])
+        others = list(past["val" if name == "test" else "train"][user])
         if name == "train":
             others.remove((t, item))  # itself (a repeated pair at the same time: one of them)
         assert len(history) == min(LENGTH, len(others)), (name, user, t)
@@ -101,10 +109,15 @@ def test_in_a_random_split_every_row_sees_the_users_other_training_rows(tmp_path
 
 
 def _serving_gets_the_latest(out, past):
+    """Serving (and the test split) get the latest of training + validation rows; the validation
+    split's moment the latest of training rows."""
     users = pd.read_parquet(out / "users.parquet")
     assert len(users) == 30
-    for user, history in zip(users["user_index"], users["history"]):
-        assert len(history) == min(LENGTH, len(past[user])) and _latest(past[user], list(history))
+    for column, stage in (("history", "val"), ("history_before_val", "train")):
+        for user, history in zip(users["user_index"], users[column]):
+            known = past[stage][user]
+            assert len(history) == min(LENGTH, len(known)) and _latest(known, list(history)), (column, user)
+    assert any(len(a) != len(b) or list(a) != list(b) for a, b in zip(users["history"], users["history_before_val"]))
 
 
 def test_data_without_timestamps_has_no_history_and_zero_turns_it_off(tmp_path):

@@ -13,7 +13,7 @@ from recfunnel.data.format.manifest import Label, SplitInfo
 from recfunnel.data.format.shards import SplitWriter
 from recfunnel.data.format.vocab import Vocab
 from recfunnel.data.prepare.encode import Block, Encoded
-from recfunnel.data.prepare.history import HISTORY
+from recfunnel.data.prepare.history import HISTORY, HISTORY_BEFORE_VAL
 from recfunnel.data.prepare.splits import SPLITS, SplitSpec, user_time_order
 from recfunnel.data.prepare.tables import Checked
 
@@ -38,9 +38,11 @@ def write_dataset(
     for vocab in enc.vocabs:
         vocab.save(folder / "vocab")
     users = _entity_table("user", enc.user_vocab, enc.users)
-    if enc.history is not None:  # each user's latest history: what serving knows of the user
-        lengths, values = enc.history.latest(np.arange(1, enc.user_vocab.cardinality))
-        users = users.append_column(HISTORY, _lists(lengths, values))
+    if enc.history is not None:  # each user's latest history: what serving (and the test split) knows
+        everyone = np.arange(1, enc.user_vocab.cardinality)
+        users = users.append_column(HISTORY, _lists(*enc.history.latest(everyone)))
+        # and what the validation split's moment knew: the training rows only
+        users = users.append_column(HISTORY_BEFORE_VAL, _lists(*enc.history.latest(everyone, through_val=False)))
     pq.write_table(users, folder / "users.parquet")
     pq.write_table(_entity_table("item", enc.item_vocab, enc.items, enc.titles), folder / "items.parquet")
     infos = {}
