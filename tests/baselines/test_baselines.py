@@ -88,6 +88,8 @@ def test_ml100k_tfrs_protocol_figures(tmp_path, cli):
         "ml-100k",
         "--label",
         "all",
+        "--split",
+        "random",
         "--val-fraction",
         "0",
         "--test-fraction",
@@ -121,3 +123,14 @@ def test_ml100k_tfrs_protocol_figures(tmp_path, cli):
             < got["accuracy_at_100"]
         )
     assert 0.38 < figures["popular"] < 0.44 and 0.59 < figures["ease"] < 0.66, figures
+
+
+def test_ease_knowing_scores_users_from_other_rows_with_the_same_weights():
+    users, items = np.array([0, 0, 1, 1, 2, 2, 2]), np.array([1, 2, 2, 3, 1, 3, 4])
+    model = EASE(l2=1.0).fit(users, items, n_users=2, n_items=4)
+    same = model.knowing(users, items)
+    assert torch.equal(same.score_users(np.array([0, 1, 2])), model.score_users(np.array([0, 1, 2])))
+    later = model.knowing(np.r_[users, 0], np.r_[items, 4])  # user 0 also took item 4 since
+    expected = torch.tensor([[0, 1, 1, 0, 1]], dtype=torch.float32) @ model.weights
+    assert torch.allclose(later.score_users(np.array([0])), expected)
+    assert torch.equal(later.score_users(np.array([1])), model.score_users(np.array([1])))

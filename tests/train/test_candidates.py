@@ -56,7 +56,6 @@ def _lists(folder, split):
 def test_lists_are_the_retrievers_exact_top_n_of_unseen_items_labelled_by_the_later_split(runs):
     data, folder = runs / "data", runs / "dlrm" / "candidates"
     retriever = load_trained(runs / "tt")
-    users_cat, user_vectors = tower_embeddings(retriever, "user")
     items_cat, item_vectors = tower_embeddings(retriever, "item")
     pairs = {s: read_pairs(data, s) for s in ("train", "val", "test")}
     held = {}
@@ -66,6 +65,8 @@ def test_lists_are_the_retrievers_exact_top_n_of_unseen_items_labelled_by_the_la
         ("test", "test", ["train", "val"]),
     ):
         manifest, _, users, items, labels, dense = _lists(folder, split)
+        # the users as of the lists' split: at val their history holds training rows only
+        users_cat, user_vectors = tower_embeddings(retriever, "user", as_of=target)
         assert manifest.extra["list_rows"] == N and len(users) > 0
         assert (users == users[:, :1]).all()  # one user a list
         held[split] = set(users[:, 0].tolist())
@@ -157,3 +158,41 @@ def test_retriever_mistakes_are_one_line_errors(cli, runs, tmp_path):
         "train", "--model", "two-tower", "--data", runs / "data", "--out", tmp_path / "r", "--retriever", runs / "tt"
     )
     assert code != 0 and "--retriever: for rankers" in err
+
+
+def _train(*args):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "recfunnel.cli", "train", "--model", "dlrm", *QUICK, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_two_stage_training_runs_on_two_processes_and_resumes_reusing_its_lists(runs, tmp_path):
+    common = ["--data", runs / "data", "--retriever", runs / "tt", "--set", f"ranking.candidates={N}"]
+    common += ["--set", "train.batch_size=64", "--set", "train.epochs=2"]
+    two = tmp_path / "two"
+    _train(*common, "--out", two, "--launcher", "torchrun", "--nproc", "2")
+    metrics = json.loads((two / "metrics.json").read_text())
+    assert (
+        metrics["train"]["world_size"] == 2 and metrics["train"]["epochs"][0]["rows"] == metrics["train"]["train_rows"]
+    )
+    assert 0 <= metrics["test"]["ndcg_at_10"] <= 1 and "retrieval_ndcg_at_10" in metrics["test"]
+    # the lists are those one process builds: the same rows
+    assert load_manifest(two / "candidates").splits == load_manifest(runs / "dlrm" / "candidates").splits
+
+    run = tmp_path / "resumed"
+    _train(*common, "--out", run, "--set", "train.checkpoint_every=3", "--set", "train.max_steps=3")
+    (run / "metrics.json").unlink()  # as if it had been stopped there
+    built = (run / "candidates" / "manifest.json").stat().st_mtime_ns
+    _train(*common, "--out", run, "--resume", "--set", "train.max_steps=0")
+    assert (run / "candidates" / "manifest.json").stat().st_mtime_ns == built  # reused, not built again
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train"]["resumed_from_step"] == 3 and metrics["early_stopping"]["epochs"] == 2

@@ -9,6 +9,7 @@ which is what bounds the catalogue size.
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -71,6 +72,23 @@ class EASE:
         self.weights, self.history = b, x
         self.fit_seconds = time.perf_counter() - start
         return self
+
+    def knowing(self, users: np.ndarray, items: np.ndarray) -> EASE:
+        """The same fitted weights scoring each user from the pairs ``(users, items)`` instead of
+        the training rows: what the user did up to the evaluated moment (training and validation
+        rows for the test split), as a model with history sees it at serving. Not refitted."""
+        if self.weights is None or self.history is None:
+            raise RuntimeError("EASE.knowing before fit")
+        users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
+        keep = (items > 0) & (items < self.history.shape[1]) & (users < self.history.shape[0])
+        rows = sp.csr_matrix(
+            (np.ones(int(keep.sum()), np.float32), (users[keep], items[keep])), shape=self.history.shape
+        )
+        rows.sum_duplicates()
+        rows.data[:] = 1.0
+        other = copy.copy(self)
+        other.history = rows
+        return other
 
     def score_users(self, user_idx: np.ndarray) -> torch.Tensor:
         """Scores (b, n_items + 1) in ``dtype`` for ``user_idx`` int (b,): their training rows times B."""

@@ -26,7 +26,19 @@ from recfunnel.report import metric_header, table
 __all__ = ["bench_quality", "print_quality", "PROTOCOLS"]
 
 PROTOCOLS = {
-    "tfrs": ["movielens", "--variant", "ml-100k", "--label", "all", "--val-fraction", "0", "--test-fraction", "0.2"],
+    "tfrs": [
+        "movielens",
+        "--variant",
+        "ml-100k",
+        "--label",
+        "all",
+        "--split",
+        "random",
+        "--val-fraction",
+        "0",
+        "--test-fraction",
+        "0.2",
+    ],
     "temporal": ["movielens", "--variant", "ml-100k", "--label", "all", "--split", "temporal", "--leave-last", "5"],
     "ctr": ["synthetic", "--rows", "300000"],
 }

@@ -62,8 +62,9 @@ def _popular(funnel: Funnel, users: np.ndarray, k: int) -> dict[int, np.ndarray]
 
 
 def _ease(funnel: Funnel, data: Path, users: np.ndarray, k: int) -> dict[int, np.ndarray] | str:
-    """EASE fitted on the training split's positives (as `recfunnel train`'s baseline), each
-    user's top ``k`` with the funnel's exclusions; or why it was skipped."""
+    """EASE fitted on the training split's positives (as `recfunnel train`'s baseline), each user
+    scored from their training and validation positives (what the funnel knows of them), top ``k``
+    with the funnel's exclusions; or why it was skipped."""
     train = read_pairs(data, "train")
     keep = train.labels > 0
     n_users, n_items = funnel.users.cardinality - 1, funnel.items.cardinality - 1
@@ -71,6 +72,8 @@ def _ease(funnel: Funnel, data: Path, users: np.ndarray, k: int) -> dict[int, np
         model = EASE().fit(train.users[keep], train.items[keep], n_users, n_items)
     except RecfunnelError as e:  # too many items for a dense item-item matrix
         return str(e)
+    known = funnel.interactions.pairs  # each user scored from what the funnel knows of them: train + val
+    model = model.knowing(known.users[known.labels > 0], known.items[known.labels > 0])
     out: dict[int, np.ndarray] = {}
     for start in range(0, len(users), EASE_CHUNK):
         chunk = users[start : start + EASE_CHUNK]

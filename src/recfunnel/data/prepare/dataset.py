@@ -65,6 +65,7 @@ def prepare_interaction_dataset(
     checked = check_interactions(data)
     check_label_rule(labels, checked.rating is not None, data.inter.name)
     user_codes = pd.factorize(checked.user_id)[0]
+    split = split.resolved(checked.timestamp is not None)
     codes, split_record = assign_splits(split, user_codes, checked.timestamp)
     label_array, label_list = derive_labels(labels, checked.rating, checked.label, user_codes, codes, data.inter.name)
     enc = encode_features(checked, data.features, codes)

@@ -1,6 +1,7 @@
 """Seeded train / val / test splits of interaction rows, as one split code per row.
 
-Three kinds, chosen with ``--split``:
+Three kinds, chosen with ``--split`` (``auto``, the default: ``temporal`` when the data has
+timestamps, since a random split trains on a user's future and tests on their past; else ``random``):
 
 ``random``    a seeded permutation: exactly ``round(n * test_fraction)`` rows go to test and
               ``round(n * val_fraction)`` to val (at least one each when the fraction is > 0).
@@ -18,6 +19,7 @@ Ties in time keep file order (stable sorts), so a split depends only on the data
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +42,7 @@ __all__ = [
 
 SPLITS = ("train", "val", "test")  # split code -> name
 TRAIN, VAL, TEST = 0, 1, 2
-SPLIT_KINDS = ("random", "temporal", "time")
+SPLIT_KINDS = ("auto", "random", "temporal", "time")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,13 @@ class SplitSpec:
         if self.leave_last < 1:
             raise ConfigError(f"--leave-last: {self.leave_last}, expected >= 1")
 
+    def resolved(self, has_timestamps: bool) -> SplitSpec:
+        """``auto``: ``temporal`` for data with timestamps (a random split would train on a user's
+        future and test on their past), else ``random``; another kind as it is."""
+        if self.kind != "auto":
+            return self
+        return dataclasses.replace(self, kind="temporal" if has_timestamps else "random")
+
     @property
     def has_val(self) -> bool:
         return self.val_fraction > 0
@@ -84,6 +93,7 @@ def assign_splits(spec: SplitSpec, users: np.ndarray, timestamps: np.ndarray | N
     An enabled split that ends up empty raises :class:`DataError`.
     """
     n = len(users)
+    spec = spec.resolved(timestamps is not None)
     if spec.kind == "random":
         codes, info = _random(spec, n)
     elif timestamps is None:
@@ -188,15 +198,16 @@ def _describe(spec: SplitSpec) -> str:
     return f"--split {spec.kind} with --val-fraction {spec.val_fraction} --test-fraction {spec.test_fraction}"
 
 
-def add_split_arguments(parser: argparse.ArgumentParser, default: str = "random") -> None:
+def add_split_arguments(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     """``--split``, ``--val-fraction``, ``--test-fraction``, ``--leave-last``."""
     g = parser.add_argument_group("split")
     g.add_argument(
         "--split",
         choices=SPLIT_KINDS,
         default=default,
-        help=f"random rows | temporal: each user's last --leave-last rows -> test | "
-        f"time: one global time cut (default {default})",
+        help=f"auto: temporal when the data has timestamps, else random | random rows | temporal: each "
+        f"user's last --leave-last rows -> test, as many before them -> val | time: one global time cut "
+        f"(default {default})",
     )
     g.add_argument(
         "--val-fraction",

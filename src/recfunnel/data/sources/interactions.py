@@ -129,7 +129,7 @@ def prepare_interactions(
     label: str = "auto",
     threshold: float = 4.0,
     user_mean_on: str = "train",
-    split: str = "random",
+    split: str = "auto",
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     leave_last: int = 1,
