@@ -28,11 +28,12 @@ import yaml
 from recfunnel.config import check, config_from_dict, with_overrides
 from recfunnel.data.format.catalog import Catalog
 from recfunnel.data.format.list_features import (
-    AFFINITY,
+    AFFINITY_FEATURES,
     LIST_FEATURES,
     NEIGHBOURS,
     RANK_BUCKET,
     ItemNeighbours,
+    affinity_features,
     list_features,
 )
 from recfunnel.data.format.request_encoder import RequestEncoder
@@ -372,8 +373,8 @@ class Funnel:
             for part, user, rows_u in zip(parts, users, rows):  # the profile: positives, and the history
                 profile = np.concatenate([self.interactions.taken(user.index), user.sparse.get(history, [])])
                 candidates = np.where(rows_u >= 0, self.items.index[np.maximum(rows_u, 0)], 0)
-                part[AFFINITY] = self.neighbours.affinity(candidates, profile)
-            names = [*LIST_FEATURES, AFFINITY, RANK_BUCKET]
+                part.update(affinity_features(self.neighbours.affinity(candidates, profile)))
+            names = [*LIST_FEATURES, *AFFINITY_FEATURES, RANK_BUCKET]
             context = {name: np.concatenate([p[name] for p in parts]) for name in names}
             top_bucket = self.ranker.manifest.feature(RANK_BUCKET).cardinality - 1  # lists longer than trained on
             context[RANK_BUCKET] = np.minimum(context[RANK_BUCKET], top_bucket)

@@ -46,12 +46,13 @@ from recfunnel.baselines.ease import EASE, MAX_ITEMS
 from recfunnel.config import RunConfig
 from recfunnel.data.format.catalog import Catalog
 from recfunnel.data.format.list_features import (
-    AFFINITY,
+    AFFINITY_FEATURES,
     LIST_FEATURES,
     NEIGHBOURS,
     POPULARITY,
     RANK_BUCKET,
     ItemNeighbours,
+    affinity_features,
     list_features,
     popularity_feature,
     rank_buckets,
@@ -69,7 +70,7 @@ from recfunnel.store.model import Trained, load_trained, model_digest
 __all__ = ["CANDIDATES", "ensure_candidates", "build_candidates", "list_manifest", "pair_rows", "describe"]
 
 CANDIDATES = "candidates"  # the folder in the ranker's run folder
-LISTS_VERSION = 4  # of what a list holds: a folder of another version is built again
+LISTS_VERSION = 5  # of what a list holds: a folder of another version is built again
 NEIGHBOURS_K = 1000  # item-to-item weights kept per candidate item
 USERS_AT_ONCE = 1024  # users scored against every item in one matmul: (1024, items) floats
 SCALE_USERS = 1024  # the first users (in list order) whose scores set the score's scale
@@ -278,7 +279,7 @@ def list_manifest(source: Manifest, n: int) -> Manifest:
     affinity to the user's profile; one binary label."""
     roles = dict(source.roles)
     roles["item_features"] = [*source.roles.get("item_features", []), POPULARITY]
-    roles["list_features"] = [*LIST_FEATURES, AFFINITY, RANK_BUCKET]
+    roles["list_features"] = [*LIST_FEATURES, *AFFINITY_FEATURES, RANK_BUCKET]
     first = source.labels[0]
     return dataclasses.replace(
         source,
@@ -287,7 +288,7 @@ def list_manifest(source: Manifest, n: int) -> Manifest:
             # as list_features computes them from the retriever's scores, not from a raw column
             *(DenseFeature(name, "none") for name in LIST_FEATURES),
             DenseFeature(POPULARITY, "log1p"),
-            DenseFeature(AFFINITY, "none"),
+            *(DenseFeature(name, "none") for name in AFFINITY_FEATURES),
         ],
         sparse=[*source.sparse, SparseFeature(RANK_BUCKET, rank_buckets(n), encoding="index")],
         labels=[Label(first.name, "binary", f"a positive interaction later ({first.rule})")],
@@ -395,8 +396,8 @@ def pair_rows(
         profile = profiles[user_index[u]].indices
         if history is not None:
             profile = np.concatenate([profile, jagged_take(*history, user_rows[u * n : u * n + 1])[1]])
-        affinity.append(neighbours.affinity(items.index[item_rows[u]], profile))
-    extra[AFFINITY] = np.concatenate(affinity)
+        affinity.append(affinity_features(neighbours.affinity(items.index[item_rows[u]], profile)))
+    extra.update({name: np.concatenate([a[name] for a in affinity]) for name in AFFINITY_FEATURES})
     dense = np.zeros((lists * n, len(manifest.dense)), np.float32)
     for j, f in enumerate(manifest.dense):
         if f.name in extra:

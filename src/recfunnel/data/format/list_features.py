@@ -21,7 +21,9 @@ __all__ = [
     "RANK",
     "POPULARITY",
     "AFFINITY",
+    "AFFINITY_FEATURES",
     "RANK_BUCKET",
+    "affinity_features",
     "LIST_FEATURES",
     "rank_buckets",
     "NEIGHBOURS",
@@ -36,6 +38,9 @@ RANK = "retrieval_rank"  # log(1 + position) in the list of candidates, 0 = the 
 POPULARITY = "item_popularity"  # an item feature: log(1 + the item's positive training pairs)
 RANK_BUCKET = "retrieval_rank_bucket"  # sparse: 1 + floor(log2(1 + position)), the position's octave
 AFFINITY = "profile_affinity"  # item-to-item weights summed over the items the user took (ItemNeighbours)
+AFFINITY_Z = "profile_affinity_z"  # the same standardised within the list: comparable across profile sizes
+AFFINITY_RANK = "profile_affinity_rank"  # log(1 + its place in the list by affinity), 0 = the closest
+AFFINITY_FEATURES = (AFFINITY, AFFINITY_Z, AFFINITY_RANK)
 LIST_FEATURES = (SCORE, GAP, RANK)
 NEIGHBOURS = "neighbours.npz"  # the item-to-item weights, beside the ranker's model
 
@@ -54,6 +59,22 @@ def list_features(scores: np.ndarray, scale: tuple[float, float]) -> dict[str, n
         GAP: ((scores - top) / std).astype(np.float32),
         RANK: np.log1p(position.astype(np.float32)),
         RANK_BUCKET: 1 + np.floor(np.log2(1 + position)).astype(np.int64),  # clipped by the caller
+    }
+
+
+def affinity_features(affinity: np.ndarray) -> dict[str, np.ndarray]:
+    """The affinity features of one user's candidates from their affinities (float32 (n,)): the
+    raw sum grows with the size of the user's profile, so the list's own scale comes beside it."""
+    affinity = np.asarray(affinity, np.float32)
+    spread = float(affinity.std()) if len(affinity) > 1 else 0.0
+    place = np.empty(len(affinity), np.float32)
+    place[np.argsort(-affinity, kind="stable")] = np.arange(len(affinity), dtype=np.float32)
+    return {
+        AFFINITY: affinity,
+        AFFINITY_Z: ((affinity - affinity.mean()) / spread if spread > 0 else np.zeros_like(affinity)).astype(
+            np.float32
+        ),
+        AFFINITY_RANK: np.log1p(place),
     }
 
 
