@@ -14,7 +14,7 @@ demo: setup
 	$(VENV)/recfunnel prepare movielens --variant ml-100k --out $(DEMO_DIR)/ml-100k --overwrite --quiet
 	$(VENV)/recfunnel inspect $(DEMO_DIR)/ml-100k
 	$(VENV)/recfunnel train --model two-tower --data $(DEMO_DIR)/ml-100k --out $(DEMO_DIR)/runs/two-tower --overwrite
-	$(VENV)/recfunnel train --model dlrm --data $(DEMO_DIR)/ml-100k --out $(DEMO_DIR)/runs/dlrm --overwrite --set train.sampled_negatives=4
+	$(VENV)/recfunnel train --model dlrm --data $(DEMO_DIR)/ml-100k --retriever $(DEMO_DIR)/runs/two-tower --out $(DEMO_DIR)/runs/dlrm --overwrite
 	$(VENV)/recfunnel index --run $(DEMO_DIR)/runs/two-tower --out $(DEMO_DIR)/index --overwrite
 	$(VENV)/recfunnel evaluate --run $(DEMO_DIR)/runs/two-tower --ranker $(DEMO_DIR)/runs/dlrm --index $(DEMO_DIR)/index --mlflow
 	$(VENV)/recfunnel recommend --run $(DEMO_DIR)/runs/two-tower --ranker $(DEMO_DIR)/runs/dlrm --index $(DEMO_DIR)/index --k 10 --user 196 --user 405 --user 655

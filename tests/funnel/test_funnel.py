@@ -221,6 +221,9 @@ def test_evaluate_compares_retrieval_alone_with_ranking(cli, runs):
     assert result["variants"]["retrieval"]["recall_at_20"] == pytest.approx(trained["recall_at_20"], abs=1e-6)
     # EASE, fitted on the same training rows, finds the planted tastes better than popularity does
     assert result["variants"]["ease"]["ndcg_at_20"] > result["variants"]["most_popular"]["ndcg_at_20"]
+    # MMR re-ranking buys genre variety: the intra-list diversity of the top 10 goes up
+    variants = result["variants"]
+    assert 0 <= variants["retrieval+ranking"]["diversity_at_10"] < variants["funnel"]["diversity_at_10"] <= 1
 
 
 def test_item_index_round_trip(runs, funnel):

@@ -29,6 +29,7 @@ from recfunnel.data.format.pairs import read_pairs
 from recfunnel.errors import RecfunnelError
 from recfunnel.funnel.batch import recommend_users
 from recfunnel.funnel.pipeline import Funnel, FunnelConfig
+from recfunnel.funnel.rerank import jaccard_of_members
 from recfunnel.metrics.retrieval import evaluate_topk
 from recfunnel.report import metric_header, table
 from recfunnel.store.model import MODEL_DIR
@@ -101,6 +102,20 @@ def _metrics(
     return evaluate_topk(score, test_users=pairs[0], test_items=pairs[1], n_items=n_items, ks=ks)
 
 
+def _diversity(funnel: Funnel, lists: dict[int, np.ndarray], k: int) -> float:
+    """Intra-list diversity of the top ``k`` over the funnel's diversity feature (genres): the mean,
+    over users, of 1 - the mean Jaccard similarity of the pairs of items in the list."""
+    out = []
+    for items in lists.values():
+        if len(items) < 2:
+            continue
+        members = funnel._genre_sets(funnel.items.positions_of(items[:k]))
+        similar = jaccard_of_members(members)
+        n = len(similar)
+        out.append(1.0 - (similar.sum() - np.trace(similar)) / (n * (n - 1)))
+    return float(np.mean(out)) if out else 0.0
+
+
 def run_data(run: str | Path, data: str | Path | None = None) -> Path:
     """The dataset a run trained on (its metrics.json says), or ``data`` when given: evaluation
     needs its held-out split (serving needs nothing of it)."""
@@ -162,6 +177,8 @@ def evaluate_funnel(
             out["variants"][name] = {"skipped": lists}
             continue
         metrics = _metrics(lists, (users, items), n_items, ks)
+        if funnel.diversity is not None:
+            metrics[f"diversity_at_{min(ks)}"] = _diversity(funnel, lists, min(ks))
         metrics["seconds"] = round(time.perf_counter() - start, 2)
         out["variants"][name] = metrics
     return out
@@ -175,8 +192,11 @@ def print_funnel_evaluation(result: dict[str, Any]) -> None:
         "retrieval+ranking": "+ ranking",
         "funnel": "+ ranking + re-ranking (MMR)",
     }
-    ks = sorted({int(key.rsplit("_", 1)[1]) for m in result["variants"].values() for key in m if "_at_" in key})
+    ks = sorted(
+        {int(key.rsplit("_", 1)[1]) for m in result["variants"].values() for key in m if key.startswith("ndcg_at_")}
+    )
     cols = [f"{m}_at_{k}" for k in ks for m in ("recall", "ndcg")]
+    cols += sorted({key for m in result["variants"].values() for key in m if key.startswith("diversity_at_")})
     rows = [
         [names.get(name, name)] + [m.get(c) for c in cols] + [m["seconds"]]
         for name, m in result["variants"].items()
