@@ -50,7 +50,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
             candidates = ensure_candidates(config, args.data, Path(args.out), args.quiet)
             if not args.quiet:
-                print(f"recfunnel: {describe(candidates)}")
+                print(describe(candidates), flush=True)
         if args.launcher == "torchrun":
             from recfunnel.train.launch import run_torchrun
 

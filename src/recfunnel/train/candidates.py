@@ -430,8 +430,12 @@ def pair_rows(
 def describe(folder: str | Path) -> str:
     """One line on a candidates folder, for people."""
     extra = json.loads((Path(folder) / "manifest.json").read_text())["extra"]["candidates"]
-    parts = [f"{s}: {v['lists']:,} lists ({v['coverage']:.0%} of users)" for s, v in extra["splits"].items()]
+    period = {"val": "validation period (to train on)", "test": "test period"}
+    parts = [
+        f"{period[s]}: {v['lists']:,} lists ({v['coverage']:.0%} of the users hold a positive)"
+        for s, v in extra["splits"].items()
+    ]
     return (
-        f"{folder}: {extra['list_rows']} candidates a list; {'; '.join(parts)}; "
-        f"{extra['seconds']:.1f} s, {extra['candidates_per_s']:,.0f} candidates/s"
+        f"candidate lists in {folder}: {extra['list_rows']} a list; {'; '.join(parts)}; "
+        f"built in {extra['seconds']:.1f} s ({extra['candidates_per_s']:,.0f} candidates/s)"
     )

@@ -284,7 +284,8 @@ def train(
         if config.two_stage:  # the ranker learns from the retriever's candidate lists
             if world.is_main:
                 candidates = ensure_candidates(config, data, out, quiet)
-                _say(describe(candidates), quiet)
+                if not quiet:
+                    print(describe(candidates), flush=True)
             sync()
             data = str(out / CANDIDATES)
             manifest = load_manifest(data)

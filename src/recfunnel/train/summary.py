@@ -19,7 +19,8 @@ RANKING_COLUMNS = ("auc", "log_loss", "calibration", "rmse", "mae", "accuracy") 
 
 def _ranking_columns(metrics: dict[str, Any]) -> list[str]:
     test = metrics.get("test") or metrics.get("val") or {}
-    return [k for k in test if k.endswith(RANKING_COLUMNS)]
+    lists = [k for k in test if k.startswith(("ndcg_at", "recall_at"))]  # a two-stage ranker's candidate lists
+    return lists + [k for k in test if k.endswith(RANKING_COLUMNS)]
 
 
 def _retrieval_columns(metrics: dict[str, Any]) -> list[str]:
@@ -37,6 +38,10 @@ def _retrieval_columns(metrics: dict[str, Any]) -> list[str]:
 def comparison_rows(metrics: dict[str, Any], split: str) -> dict[str, dict[str, float]]:
     """{model name: metrics on ``split``} for the trained model and every baseline."""
     rows = {metrics["model"]: metrics.get(split, {})}
+    if "candidates" in metrics:  # the same lists in the retriever's order
+        rows["retriever's order"] = {
+            k.removeprefix("retrieval_"): v for k, v in rows[metrics["model"]].items() if k.startswith("retrieval_")
+        }
     for name, by_split in metrics.get("baselines", {}).items():
         if split in by_split:
             rows[name.replace("_", "-")] = by_split[split]
