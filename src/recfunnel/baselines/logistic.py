@@ -15,9 +15,11 @@ from sklearn.linear_model import LogisticRegression
 from recfunnel.data.format.manifest import Manifest
 from recfunnel.data.format.rows import Rows
 from recfunnel.errors import DataError
-from recfunnel.metrics.ranking import binary_metrics
+from recfunnel.metrics.ranking import binary_metrics, list_metrics
 
 __all__ = ["logistic_regression", "one_hot"]
+
+LIST_KS = (10, 20, 100)  # cut-offs of list metrics (as a ranker's default eval.ks)
 
 
 def one_hot(rows: Rows, manifest: Manifest, mean: np.ndarray, std: np.ndarray) -> sp.csr_matrix:
@@ -89,7 +91,10 @@ def logistic_regression(
             "features": x.shape[1],
         }
     }
+    lists = int(manifest.extra.get("list_rows", 0))  # a two-stage ranker's candidate lists, whole and in order
     for name, rows in test_rows.items():
         logits = model.decision_function(one_hot(rows, manifest, mean, std))
         out[name] = {**binary_metrics(rows.labels[:, 0], logits), "rows": len(rows)}
+        if lists and len(rows) % lists == 0:
+            out[name].update(list_metrics(logits.reshape(-1, lists), rows.labels[:, 0].reshape(-1, lists), LIST_KS))
     return out

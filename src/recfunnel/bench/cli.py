@@ -130,13 +130,13 @@ def add_bench_parsers(sub: argparse._SubParsersAction) -> None:
     bp = bench.add_parser(
         "quality",
         help="model quality on MovieLens 100k and synthetic CTR data beside "
-        "baselines (prepares data and trains, minutes)",
+        "baselines, and what each funnel stage adds on splits in time (prepares data and trains, minutes)",
     )
     bp.add_argument("--work", default=".demo/bench-quality", help="folder for datasets and runs")
     bp.add_argument(
         "--protocol",
         action="append",
-        choices=["tfrs", "temporal", "ctr"],
+        choices=["tfrs", "temporal", "ctr", "funnel-temporal", "funnel-temporal-ids", "funnel-time", "funnel-time-ids"],
         help="run only this protocol (repeatable; default all)",
     )
     bp.add_argument("--json", action="store_true", help="print one JSON object")

@@ -7,6 +7,11 @@
   two-tower beside most-popular and EASE.
 - ``ctr``: synthetic Criteo-shaped data with a known Bayes-optimal AUC: DLRM and DCNv2 test AUC
   beside it and beside logistic regression.
+- ``funnel-temporal``, ``funnel-time`` and their ``-ids`` twins: MovieLens 100k split in time
+  (each user's last 5 ratings held out; one global time cut), with the MovieLens side features or
+  with ids and timestamps only: a two-tower, a DLRM trained on its candidates (``--retriever``),
+  and ``recfunnel evaluate`` of the funnel: NDCG@10 of retrieval alone and + ranking beside
+  most-popular and EASE, for the same users.
 
 Every model trains with its default configuration (no per-dataset tuning), as a user would run
 it: ``recfunnel prepare`` then ``recfunnel train`` in fresh processes, wall time included.
@@ -43,6 +48,13 @@ PROTOCOLS = {
     "ctr": ["synthetic", "--rows", "300000"],
 }
 MODELS = {"tfrs": ["two-tower"], "temporal": ["two-tower"], "ctr": ["dlrm", "dcnv2"]}
+FUNNEL = {  # protocol -> (split options, ids and timestamps only)
+    "funnel-temporal": (["--split", "temporal", "--leave-last", "5"], False),
+    "funnel-temporal-ids": (["--split", "temporal", "--leave-last", "5"], True),
+    "funnel-time": (["--split", "time"], False),
+    "funnel-time-ids": (["--split", "time"], True),
+}
+CHOICES = [*PROTOCOLS, *FUNNEL]
 
 
 def _recfunnel(*args: str) -> float:
@@ -54,7 +66,10 @@ def _recfunnel(*args: str) -> float:
 def bench_quality(work: str | Path, protocols: list[str] | None = None, seed: int = 42) -> dict[str, Any]:
     work = Path(work)
     out: dict[str, Any] = {}
-    for protocol in protocols or list(PROTOCOLS):
+    for protocol in protocols or CHOICES:
+        if protocol in FUNNEL:
+            out[protocol] = _funnel(work, protocol, seed)
+            continue
         data = work / f"data-{protocol}"
         _recfunnel("prepare", *PROTOCOLS[protocol], "--seed", str(seed), "--out", str(data), "--overwrite", "--quiet")
         manifest = json.loads((data / "manifest.json").read_text())
@@ -74,7 +89,88 @@ def bench_quality(work: str | Path, protocols: list[str] | None = None, seed: in
     return out
 
 
+def _ratings_csv(work: Path) -> Path:
+    """MovieLens 100k's ratings alone (user, item, rating, timestamp), as a user's own log would be."""
+    import pandas as pd  # only the funnel protocols need it
+
+    from recfunnel.data.sources.fetch import fetch_movielens
+
+    path = work / "ml-100k-ratings.csv"
+    if not path.is_file():
+        frame = pd.read_csv(fetch_movielens(quiet=True) / "ml-100k.inter", sep="\t")
+        frame.columns = [c.split(":")[0] for c in frame.columns]
+        work.mkdir(parents=True, exist_ok=True)
+        frame[["user_id", "item_id", "rating", "timestamp"]].to_csv(path, index=False)
+    return path
+
+
+def _funnel(work: Path, protocol: str, seed: int) -> dict[str, Any]:
+    split, ids_only = FUNNEL[protocol]
+    data, tt, ranker = (work / f"{kind}-{protocol}" for kind in ("data", "tt", "dlrm"))
+    source = ["interactions", "--input", str(_ratings_csv(work))] if ids_only else ["movielens", "--variant", "ml-100k"]
+    _recfunnel(
+        "prepare", *source, "--label", "all", *split, "--seed", str(seed), "--out", str(data), "--overwrite", "--quiet"
+    )
+    seconds = _recfunnel(
+        "train", "--model", "two-tower", "--data", str(data), "--out", str(tt), "--overwrite", "--quiet"
+    )
+    seconds += _recfunnel(
+        "train",
+        "--model",
+        "dlrm",
+        "--data",
+        str(data),
+        "--retriever",
+        str(tt),
+        "--out",
+        str(ranker),
+        "--overwrite",
+        "--quiet",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "recfunnel.cli", "evaluate", "--run", str(tt), "--ranker", str(ranker), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result = json.loads(done.stdout)
+    return {"seconds": round(seconds, 1), "users": result["users"], "variants": result["variants"]}
+
+
+def _print_funnel(result: dict[str, Any]) -> None:
+    names = ("most_popular", "ease", "retrieval", "retrieval+ranking")
+    rows = []
+    for protocol, r in result.items():
+        ndcg = {name: r["variants"].get(name, {}).get("ndcg_at_10") for name in names}
+        ranked, retrieved, ease = ndcg["retrieval+ranking"], ndcg["retrieval"], ndcg["ease"]
+        ratios = [f"{ranked / base - 1:+.1%}" if ranked and base else None for base in (retrieved, ease)]
+        ratios.append(f"{retrieved / ease - 1:+.1%}" if retrieved and ease else None)
+        rows.append([protocol, r["users"], *ndcg.values(), *ratios, r["seconds"]])
+    print(
+        table(
+            rows,
+            [
+                "protocol",
+                "users",
+                "most-popular",
+                "EASE",
+                "retrieval",
+                "+ ranking",
+                "rank/retr",
+                "rank/EASE",
+                "retr/EASE",
+                "s",
+            ],
+            title="\nthe funnel on MovieLens 100k split in time: test NDCG@10 (same users, same exclusions)",
+        )
+    )
+
+
 def print_quality(result: dict[str, Any]) -> None:
+    funnel = {k: v for k, v in result.items() if k in FUNNEL}
+    result = {k: v for k, v in result.items() if k not in FUNNEL}
+    if funnel:
+        _print_funnel(funnel)
     for key, r in result.items():
         protocol, model = key.split("/")
         if protocol == "tfrs":

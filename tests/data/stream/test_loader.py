@@ -307,7 +307,8 @@ def test_movielens_epoch_yields_every_training_row_once(ml100k, tmp_path, nproc)
     assert len({r["batches"] for r in ranks}) == 1
     got = Counter(row for r in ranks for row in r["rows"])
     want = Counter(split_row_keys(ml100k, "train"))
-    assert got == want and sum(want.values()) == 80_000  # default split: 80% train of 100,000 ratings
+    # the default split for data with timestamps: each user's last rating to test, the one before to val
+    assert got == want and sum(want.values()) == 100_000 - 2 * 943
 
 
 LEAK_CHECK = """
