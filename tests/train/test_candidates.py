@@ -147,6 +147,9 @@ def test_item_neighbours_from_weights_keep_each_columns_largest():
     full = ItemNeighbours.from_weights(weights, k=3)
     assert full.affinity(np.array([0, 1, 2]), np.array([1, 2, 2])).tolist() == pytest.approx([-0.7, 0.05, 0.3])
     assert full.affinity(np.array([0, 1]), np.array([], np.int64)).tolist() == [0, 0]
+    sparse_only = ItemNeighbours.from_weights(weights, k=3)
+    sparse_only.dense = None  # a catalogue too large to hold dense: the same sums from the sparse rows
+    assert sparse_only.affinity(np.array([0, 1, 2]), np.array([1, 2, 2])).tolist() == pytest.approx([-0.7, 0.05, 0.3])
 
 
 def test_retriever_mistakes_are_one_line_errors(cli, runs, tmp_path):
