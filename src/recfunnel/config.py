@@ -96,6 +96,7 @@ class ModelConfig:
     user_features: list[str] | None = None  # None = the user id + the dataset's user features
     item_features: list[str] | None = None  # None = the item id + the dataset's item features
     history_recent: int = 5  # the latest N of the history also pooled apart (same table); 0 = not
+    history_pooling: str = "mean"  # mean (bags) | attention (learned query and recency over the items)
 
     def validate(self) -> None:
         check(self.embedding_dim >= 1, "model.embedding_dim", "an integer >= 1", self.embedding_dim)
@@ -111,6 +112,12 @@ class ModelConfig:
         check(self.cross_low_rank >= 0, "model.cross_low_rank", "an integer >= 0", self.cross_low_rank)
         check(self.score in ("dot", "cosine"), "model.score", "dot or cosine", self.score)
         check(self.history_recent >= 0, "model.history_recent", "an integer >= 0", self.history_recent)
+        check(
+            self.history_pooling in ("mean", "attention"),
+            "model.history_pooling",
+            "mean or attention",
+            self.history_pooling,
+        )
         check(len(self.heads) >= 1, "model.heads", "at least one head", self.heads)
         for i, head in enumerate(self.heads):
             head.validate(f"model.heads[{i}]")

@@ -9,13 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torchrec.modules.crossnet import CrossNet, LowRankCrossNet
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recfunnel.data.format.manifest import SparseFeature
 
 __all__ = [
+    "SequenceAttention",
     "embedding_tables",
     "mlp",
     "SparseArch",
@@ -78,6 +79,33 @@ class SparseArch(nn.Module):
         if self._order is None or self._order[0] != keys:
             self._order = (keys, torch.tensor([keys.index(n) for n in self.feature_names], device=stacked.device))
         return stacked.index_select(1, self._order[1])
+
+
+class SequenceAttention(nn.Module):
+    """Attention pooling of a sequence feature (the history, the latest first): each item's
+    embedding plus a learned embedding of its place in the sequence, scored against a learned
+    query; a softmax over the sequence's items weights their embeddings. KJT -> (B, D), zeros for
+    an empty sequence. The items' table is a TorchRec ``EmbeddingCollection`` (unpooled), sharded
+    by DistributedModelParallel like the bags; the first ``max_len`` items are read."""
+
+    def __init__(self, table: EmbeddingConfig, max_len: int, device: torch.device | None = None):
+        super().__init__()
+        self.embedding_collection = EmbeddingCollection(tables=[table], device=device)
+        self.feature = table.feature_names[0]
+        self.max_len = max_len
+        dim = table.embedding_dim
+        self.place = nn.Parameter(torch.zeros(max_len, dim))  # recency: the latest item is place 0
+        self.key = nn.Linear(dim, dim)
+        self.query = nn.Parameter(torch.zeros(dim))  # zeros: the mean of the sequence at the start
+
+    def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+        sequence = self.embedding_collection(features)[self.feature]
+        items = sequence.to_padded_dense(desired_length=self.max_len)  # (B, L, D), zero-padded
+        present = torch.arange(self.max_len, device=items.device)[None, :] < sequence.lengths()[:, None]
+        scores = torch.tanh(self.key(items + self.place)) @ self.query  # (B, L)
+        weights = torch.softmax(scores.masked_fill(~present, float("-inf")), dim=1)
+        weights = torch.nan_to_num(weights) * present  # an empty sequence: all weights 0
+        return (weights.unsqueeze(-1) * items).sum(dim=1)
 
 
 class DenseArch(nn.Module):

@@ -13,13 +13,14 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recfunnel.config import ModelConfig
 from recfunnel.data.format.manifest import Manifest
 from recfunnel.errors import ConfigError
 from recfunnel.models.features import dense_columns, select_sparse, sparse_features
-from recfunnel.models.parts import SparseArch, embedding_tables, mlp
+from recfunnel.models.parts import SequenceAttention, SparseArch, embedding_tables, mlp
 
 __all__ = ["Tower", "TwoTower", "build_two_tower", "tower_features"]
 
@@ -30,7 +31,10 @@ class Tower(nn.Module):
 
     ``recent``: (feature, n) to pool a sequence feature's first n ids apart as well (the user's
     latest items beside the mean of the whole history: the next item follows the last few far
-    more than the fiftieth), as the feature ``<feature>_recent`` of the same table."""
+    more than the fiftieth), as the feature ``<feature>_recent`` of the same table.
+
+    ``sequence``: a sequence feature pooled by attention (``model.history_pooling: attention``)
+    instead of by the bags."""
 
     def __init__(
         self,
@@ -40,14 +44,17 @@ class Tower(nn.Module):
         normalize: bool,
         dropout: float = 0.0,
         recent: tuple[str, int] | None = None,
+        sequence: SequenceAttention | None = None,
     ):
         super().__init__()
         self.sparse_arch = sparse_arch
         self.recent = recent
+        self.sequence = sequence
         derived = {recent_name(recent[0])} if recent else set()
-        self.sparse_keys = [k for k in sparse_arch.feature_names if k not in derived]  # the inputs
+        own = [sequence.feature] if sequence is not None else []
+        self.sparse_keys = [k for k in sparse_arch.feature_names if k not in derived] + own  # the inputs
         self.dense_names = dense_names
-        width = len(sparse_arch.feature_names) * sparse_arch.dim + len(dense_names)
+        width = (len(sparse_arch.feature_names) + len(own)) * sparse_arch.dim + len(dense_names)
         self.mlp = mlp(width, layers, dropout=dropout, last_activation=False)
         self.normalize = normalize
 
@@ -55,6 +62,8 @@ class Tower(nn.Module):
         if self.recent is not None:
             sparse = with_recent(sparse, *self.recent)
         embedded = self.sparse_arch(select_sparse(sparse, self.sparse_arch.feature_names)).flatten(1)
+        if self.sequence is not None:
+            embedded = torch.cat([embedded, self.sequence(select_sparse(sparse, [self.sequence.feature]))], dim=1)
         out = self.mlp(torch.cat([embedded, dense], dim=1) if self.dense_names else embedded)
         return F.normalize(out, dim=1) if self.normalize else out
 
@@ -118,6 +127,17 @@ def build_two_tower(manifest: Manifest, cfg: ModelConfig, device: torch.device |
     history = manifest.roles.get("history")
     for role in ("user", "item"):
         sparse, dense = tower_features(manifest, role, getattr(cfg, f"{role}_features"))
+        sequence = None
+        if history in sparse and cfg.history_pooling == "attention":  # an unpooled table of its own
+            feature = manifest.feature(history)
+            table = EmbeddingConfig(
+                name=history,
+                embedding_dim=cfg.embedding_dim,
+                num_embeddings=feature.cardinality,
+                feature_names=[history],
+            )
+            sequence = SequenceAttention(table, max(1, feature.max_len), device=device)
+            sparse = [name for name in sparse if name != history]
         tables = embedding_tables(sparse_features(manifest, sparse), cfg.embedding_dim, cfg.multi_hot_pooling)
         recent = (history, cfg.history_recent) if history in sparse and cfg.history_recent > 0 else None
         if recent is not None:  # pooled from the history's own table: no new rows to learn
@@ -128,7 +148,13 @@ def build_two_tower(manifest: Manifest, cfg: ModelConfig, device: torch.device |
                 for t in tables
             ]
         towers[role] = Tower(
-            SparseArch(tables, device=device), dense, cfg.tower_mlp, cfg.score == "cosine", cfg.dropout, recent
+            SparseArch(tables, device=device),
+            dense,
+            cfg.tower_mlp,
+            cfg.score == "cosine",
+            cfg.dropout,
+            recent,
+            sequence,
         )
         dense_index[role] = dense_columns(manifest, dense)
     return TwoTower(

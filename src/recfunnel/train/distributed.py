@@ -16,13 +16,14 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.planner.types import KernelConfig, ParameterConstraints, TopologyFactory, TrainerConfig
 from torchrec.distributed.types import ShardedTensor, ShardingPlan
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -36,6 +37,9 @@ __all__ = [
     "init_embeddings",
     "dense_optimizer",
     "embedding_optimizer_class",
+    "embedding_collections",
+    "sequence_collections",
+    "table_shapes",
     "PLANNER_SHARDING_TYPES",
 ]
 
@@ -43,6 +47,7 @@ __all__ = [
 # optimizer whose state differs from the fused one, so a checkpoint could not move between world
 # sizes (and on CPU fbgemm warns its autograd kernel is unregistered). A config can still force it.
 PLANNER_SHARDING_TYPES = ["table_wise", "row_wise", "table_row_wise", "column_wise"]
+SEQUENCE_SHARDING_TYPES = ["table_wise", "row_wise", "column_wise"]  # what TorchRec shards unpooled tables by
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,18 @@ def embedding_collections(model: nn.Module) -> list[EmbeddingBagCollection]:
     return [m for m in model.modules() if isinstance(m, EmbeddingBagCollection)]
 
 
+def sequence_collections(model: nn.Module) -> list[EmbeddingCollection]:
+    """The unpooled tables (a history pooled by attention)."""
+    return [m for m in model.modules() if isinstance(m, EmbeddingCollection)]
+
+
+def table_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Every embedding table's (rows, dim), pooled or not."""
+    configs = [c for ebc in embedding_collections(model) for c in ebc.embedding_bag_configs()]
+    configs += [c for ec in sequence_collections(model) for c in ec.embedding_configs()]
+    return {c.name: (c.num_embeddings, c.embedding_dim) for c in configs}
+
+
 def wrap(
     model: nn.Module,
     world: World,
@@ -128,9 +145,9 @@ def wrap(
     Even on one process the wrap matters: unwrapped tables get dense gradients and train ~4x slower.
     """
     opt_class, opt_args = embedding_optimizer_class(embedding_opt)
-    for collection in embedding_collections(model):
+    for collection in [*embedding_collections(model), *sequence_collections(model)]:
         apply_optimizer_in_backward(opt_class, collection.parameters(), opt_args)
-    sharders = [EmbeddingBagCollectionSharder()]
+    sharders: list = [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
     if plan is None:
         topology = TopologyFactory.create_topology(
             TrainerConfig(
@@ -143,6 +160,13 @@ def wrap(
             for ebc in embedding_collections(model)
             for c in ebc.embedding_bag_configs()
         }
+        constraints.update(
+            {
+                c.name: ParameterConstraints(sharding_types=SEQUENCE_SHARDING_TYPES, compute_kernels=["fused"])
+                for ec in sequence_collections(model)
+                for c in ec.embedding_configs()
+            }
+        )
         planner = EmbeddingShardingPlanner(
             topology=topology,
             batch_size=batch_size,
@@ -187,7 +211,7 @@ def init_embeddings(model: nn.Module, seed: int) -> None:
                 else [(value, 0, 0)],
             )
             for key, value in model.state_dict().items()
-            if ".embedding_bags." in key and key.endswith(".weight")
+            if (".embedding_bags." in key or ".embedding_collection.embeddings." in key) and key.endswith(".weight")
         ]
     for key, (rows, dim), pieces in tables:
         bound = math.sqrt(1.0 / rows)

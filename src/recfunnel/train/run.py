@@ -31,7 +31,7 @@ from recfunnel.tracking.tracker import FALLBACK_DB, Tracker, file_sha256, packag
 from recfunnel.train.candidates import CANDIDATES, describe, ensure_candidates, list_manifest
 from recfunnel.train.checkpoint import latest_checkpoint
 from recfunnel.train.compare import ranking_baselines, retrieval_baselines
-from recfunnel.train.distributed import embedding_collections, init_embeddings, init_world, wrap
+from recfunnel.train.distributed import init_embeddings, init_world, table_shapes, wrap
 from recfunnel.train.loop import fit
 from recfunnel.train.losses import RankingLoss
 from recfunnel.train.objectives import RankingObjective, RetrievalObjective, list_ks, sync
@@ -339,11 +339,7 @@ def _train(
             }
         )
         model = build_model(config, manifest, device="meta")
-        tables = {
-            c.name: (c.num_embeddings, c.embedding_dim)
-            for ebc in embedding_collections(model)
-            for c in ebc.embedding_bag_configs()
-        }
+        tables = table_shapes(model)
         plan = None
         if config.sharding.forced:
             plan = forced_plan(

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 from torchrec.distributed import sharding_plan as helpers
 from torchrec.distributed.types import ShardingPlan
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from recfunnel.config import ShardingConfig
 from recfunnel.errors import ConfigError
@@ -75,6 +75,11 @@ def forced_plan(
 ) -> ShardingPlan:
     """A plan with each table sharded as ``cfg`` says; tables it leaves to ``auto`` (or does not
     name) go table-wise, spread round-robin over the ranks. Unknown table names are an error."""
+    if any(isinstance(m, EmbeddingCollection) for m in model.modules()):
+        raise ConfigError(
+            "sharding.tables: a forced plan covers pooled tables only, and this model has an unpooled one "
+            "(model.history_pooling: attention); leave the sharding to the planner"
+        )
     collections = {path: m for path, m in model.named_modules() if isinstance(m, EmbeddingBagCollection)}
     names = [c.name for m in collections.values() for c in m.embedding_bag_configs()]
     by_name = {t.table: t for t in cfg.tables}
