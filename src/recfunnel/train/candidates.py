@@ -67,7 +67,15 @@ from recfunnel.retrieval.embeddings import tower_embeddings
 from recfunnel.retrieval.index import normalise
 from recfunnel.store.model import Trained, load_trained, model_digest
 
-__all__ = ["CANDIDATES", "ensure_candidates", "build_candidates", "list_manifest", "pair_rows", "describe"]
+__all__ = [
+    "CANDIDATES",
+    "check_source",
+    "ensure_candidates",
+    "build_candidates",
+    "list_manifest",
+    "pair_rows",
+    "describe",
+]
 
 CANDIDATES = "candidates"  # the folder in the ranker's run folder
 LISTS_VERSION = 5  # of what a list holds: a folder of another version is built again
@@ -76,12 +84,23 @@ USERS_AT_ONCE = 1024  # users scored against every item in one matmul: (1024, it
 SCALE_USERS = 1024  # the first users (in list order) whose scores set the score's scale
 
 
+def check_source(source: Manifest, data: str | Path) -> None:
+    """The lists need an interactions dataset with a val split: what the retriever did not learn."""
+    if source.kind != "interactions":
+        raise ConfigError(f"--retriever: needs a user-item interactions dataset, {data} is {source.kind!r}")
+    if "val" not in source.splits or source.splits["val"].rows == 0:
+        raise ConfigError(
+            f"--retriever: {data} has no val split; the ranker learns from the retriever's candidates on "
+            f"interactions it was not trained on (prepare the data with a val split)"
+        )
+
+
 def _key(config: RunConfig, data: str | Path) -> dict[str, Any]:
     """What the lists depend on: a folder built from the same key is reused (a resumed run)."""
     retriever = Path(config.ranking.retriever)
     return {
         "retriever": str(retriever),
-        "retriever_digest": model_digest(load_trained(retriever).folder),
+        "retriever_digest": model_digest(retriever),  # the weights' hash, without loading them
         "data": str(data),
         "data_manifest_sha256": hashlib.sha256((Path(data) / "manifest.json").read_bytes()).hexdigest(),
         "candidates": config.ranking.candidates,
@@ -144,13 +163,7 @@ def build_candidates(
     returns what it cost and holds (also in its manifest's ``extra["candidates"]``)."""
     data, folder = Path(data), Path(folder)
     source = load_manifest(data)
-    if source.kind != "interactions":
-        raise ConfigError(f"--retriever: needs a user-item interactions dataset, {data} is {source.kind!r}")
-    if "val" not in source.splits or source.splits["val"].rows == 0:
-        raise ConfigError(
-            f"--retriever: {data} has no val split; the ranker learns from the retriever's candidates on "
-            f"interactions it was not trained on (prepare the data with a val split)"
-        )
+    check_source(source, data)
     trained = _retriever(retriever, source, data)
     start = time.perf_counter()
     splits = [s for s in ("val", "test") if s in source.splits]
@@ -398,22 +411,21 @@ def pair_rows(
             profile = np.concatenate([profile, jagged_take(*history, user_rows[u * n : u * n + 1])[1]])
         affinity.append(affinity_features(neighbours.affinity(items.index[item_rows[u]], profile)))
     extra.update({name: np.concatenate([a[name] for a in affinity]) for name in AFFINITY_FEATURES})
-    dense = np.zeros((lists * n, len(manifest.dense)), np.float32)
-    for j, f in enumerate(manifest.dense):
-        if f.name in extra:
-            dense[:, j] = extra[f.name]
-        elif f.name in users.dense:
-            dense[:, j] = users.dense[f.name][user_rows]
-        elif f.name in items.dense:
-            dense[:, j] = items.dense[f.name][flat]
-    sparse = np.zeros((lists * n, len(manifest.single_hot)), np.int64)
-    for j, f in enumerate(manifest.single_hot):
-        if f.name in extra:
-            sparse[:, j] = extra[f.name]
-        elif f.name in users.single:
-            sparse[:, j] = users.single[f.name][user_rows]
-        elif f.name in items.single:
-            sparse[:, j] = items.single[f.name][flat]
+
+    def columns(features: list, of: str, dtype: type) -> np.ndarray:
+        """One column per feature: the list's own, the user's or the item's (a context one: 0)."""
+        out = np.zeros((lists * n, len(features)), dtype)
+        for j, f in enumerate(features):
+            if f.name in extra:
+                out[:, j] = extra[f.name]
+            elif f.name in getattr(users, of):
+                out[:, j] = getattr(users, of)[f.name][user_rows]
+            elif f.name in getattr(items, of):
+                out[:, j] = getattr(items, of)[f.name][flat]
+        return out
+
+    dense = columns(manifest.dense, "dense", np.float32)
+    sparse = columns(manifest.single_hot, "single", np.int64)
     mh_lengths = np.zeros((lists * n, len(manifest.multi_hot)), np.int32)
     mh_values = []
     for j, f in enumerate(manifest.multi_hot):

@@ -155,6 +155,7 @@ class RetrievalObjective:
         n_items = manifest.feature(self.item_key).cardinality
         self.train_pairs = read_pairs(data, "train")
         self._pairs: dict[str, Any] = {}
+        self._exclusions: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         popularity = item_popularity(self.train_pairs, n_items)
         self.criterion = RetrievalLoss(
             config.retrieval,
@@ -225,9 +226,12 @@ class RetrievalObjective:
         return self._pairs[split]
 
     def exclusions(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(users, items) a user has seen by the time of ``split``: left out of its ranking."""
-        pairs = [self.pairs(s) for s in earlier_splits(split, self.manifest.splits)]
-        return np.concatenate([p.users for p in pairs]), np.concatenate([p.items for p in pairs])
+        """(users, items) a user has seen by the time of ``split``: left out of its ranking (built
+        once: every epoch's evaluation and every baseline asks)."""
+        if split not in self._exclusions:
+            pairs = [self.pairs(s) for s in earlier_splits(split, self.manifest.splits)]
+            self._exclusions[split] = np.concatenate([p.users for p in pairs]), np.concatenate([p.items for p in pairs])
+        return self._exclusions[split]
 
     def relevant(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The split's positive (user, item) pairs of users seen before it (in an earlier split): a

@@ -28,7 +28,7 @@ from recfunnel.errors import ConfigError, RecfunnelError
 from recfunnel.files import write_text_atomic
 from recfunnel.store.model import MODEL_DIR, build_model, load_trained, save_model
 from recfunnel.tracking.tracker import FALLBACK_DB, Tracker, file_sha256, package_versions
-from recfunnel.train.candidates import CANDIDATES, describe, ensure_candidates, list_manifest
+from recfunnel.train.candidates import CANDIDATES, check_source, describe, ensure_candidates, list_manifest
 from recfunnel.train.checkpoint import latest_checkpoint
 from recfunnel.train.compare import ranking_baselines, retrieval_baselines
 from recfunnel.train.distributed import init_embeddings, init_world, table_shapes, wrap
@@ -91,13 +91,7 @@ def check_compatible(config: RunConfig, data: str | Path, manifest: Manifest | N
 def _check_two_stage(config: RunConfig, data: str | Path, manifest: Manifest) -> None:
     """A ranker on a retriever's candidates: an interactions dataset with a val split, a binary
     first head, no sampled negatives (the lists hold the retriever's own)."""
-    if manifest.kind != "interactions":
-        raise ConfigError(f"--retriever: needs a user-item interactions dataset, {data} is {manifest.kind!r}")
-    if "val" not in manifest.splits or manifest.splits["val"].rows == 0:
-        raise ConfigError(
-            f"--retriever: {data} has no val split; the ranker learns from the retriever's candidates on "
-            f"interactions it was not trained on (prepare the data with a val split)"
-        )
+    check_source(manifest, data)
     if config.train.sampled_negatives:
         raise ConfigError("train.sampled_negatives: not with --retriever; the candidate lists are the negatives")
     if len(config.model.heads) != 1 or config.model.heads[0].kind != "binary":

@@ -132,3 +132,19 @@ def test_data_without_timestamps_has_no_history_and_zero_turns_it_off(tmp_path):
         assert manifest.roles["history"] is None and "history" not in manifest.sparse_keys
         assert "history" not in pd.read_parquet(out / "users.parquet").columns
         assert '"vocab":' not in (out / "manifest.json").read_text()  # as older versions wrote it
+
+
+def test_rows_of_several_splits_at_once_get_what_each_gets_alone():
+    from recfunnel.data.prepare.history import build_history
+    from recfunnel.data.prepare.splits import TEST, TRAIN, VAL
+
+    rng = np.random.default_rng(1)
+    users, items = rng.integers(0, 5, 200), rng.integers(1, 30, 200)
+    codes = rng.choice([TRAIN, VAL, TEST], 200, p=[0.6, 0.2, 0.2])
+    history = build_history(users, items, rng.integers(0, 50, 200).astype(float), codes, LENGTH)
+    idx = rng.permutation(200)[:80]  # training, validation and test rows mixed
+    lengths, values = history.take(idx)
+    alone = [history.take(np.array([i])) for i in idx]
+    assert lengths.tolist() == [int(a[0][0]) for a in alone]
+    assert values.tolist() == np.concatenate([a[1] for a in alone]).tolist()
+    assert any(len(a[1]) for i, a in zip(idx, alone) if codes[i] == TEST)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recfunnel.data.format.catalog import before_val_column
+from recfunnel.data.format.rows import jagged_take
 from recfunnel.data.prepare.splits import TEST, TRAIN, VAL
 from recfunnel.errors import DataError
 
@@ -64,17 +65,13 @@ class History:
             return self._take(idx, self.train)
         if test.all():
             return self._take(idx, self.seen)
-        lengths = np.zeros(len(idx), np.int32)
+        # both kinds of rows, the test rows after the others, then put back in the order asked
+        order = np.concatenate([np.flatnonzero(~test), np.flatnonzero(test)])
         parts = [self._take(idx[~test], self.train), self._take(idx[test], self.seen)]
-        lengths[~test], lengths[test] = parts[0][0], parts[1][0]
-        starts = np.concatenate([[0], np.cumsum(lengths)])
-        values = np.zeros(int(starts[-1]), np.int64)
-        for mask, (part_lengths, part_values) in zip((~test, test), parts):
-            where = np.repeat(starts[:-1][mask], part_lengths) + (
-                np.arange(len(part_values)) - np.repeat(np.cumsum(part_lengths) - part_lengths, part_lengths)
-            )
-            values[where] = part_values
-        return lengths, values
+        lengths, values = jagged_take(
+            np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), np.argsort(order)
+        )
+        return lengths.astype(np.int32), values
 
     def _take(self, idx: np.ndarray, known: Known) -> tuple[np.ndarray, np.ndarray]:
         if self.kind == "before":
