@@ -97,6 +97,7 @@ class ModelConfig:
     item_features: list[str] | None = None  # None = the item id + the dataset's item features
     history_recent: int = 5  # the latest N of the history also pooled apart (same table); 0 = not
     history_pooling: str = "mean"  # mean (bags) | attention (learned query and recency over the items)
+    share_item_table: bool = True  # the history looked up in the item id table (mean pooling only)
 
     def validate(self) -> None:
         check(self.embedding_dim >= 1, "model.embedding_dim", "an integer >= 1", self.embedding_dim)

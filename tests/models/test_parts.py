@@ -113,7 +113,7 @@ def test_unknown_feature_is_a_config_error_naming_it():
 
 def test_two_tower_towers_use_their_role_features():
     cfg = load_config("two-tower", overrides=["model.embedding_dim=4", "model.tower_mlp=[8, 3]"]).model
-    model = build_two_tower(manifest("interactions"), cfg)
+    model = build_two_tower(manifest("interactions"), cfg).eval()  # dropout off
     assert model.user_tower.sparse_keys == ["user_id", "city"] and model.user_tower.dense_names == ["age"]
     assert model.item_tower.sparse_keys == ["item_id", "genres"] and model.item_tower.dense_names == []
     dense, kjt = batch()

@@ -8,9 +8,10 @@ from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recfunnel.cli import main
+from recfunnel.config import load_config
 from recfunnel.data.sources.synthetic_interactions import prepare_synthetic_interactions
 from recfunnel.models.parts import SequenceAttention
-from recfunnel.models.two_tower import with_recent
+from recfunnel.models.two_tower import build_two_tower, with_empty, with_recent
 
 ROWS, USERS, ITEMS = 24_000, 400, 300
 
@@ -25,6 +26,74 @@ def test_the_recent_window_is_the_first_ids_of_each_history():
     assert out.keys() == ["user_id", "history", "history_recent"]
     assert [v.tolist() for v in out["history_recent"].to_dense()] == [[1, 2], [], [6, 10]]
     assert [v.tolist() for v in out["history"].to_dense()] == [[1, 2, 3, 4, 5], [], [6, 10, 11]]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A tiny interactions dataset with a history (users: segment, history; items: category, tags,
+    popularity)."""
+    folder = tmp_path_factory.mktemp("small") / "data"
+    return prepare_synthetic_interactions(600, folder, users=20, items=30, history=10, label="all", quiet=True)
+
+
+def _two_tower(manifest, *overrides):
+    cfg = load_config("two-tower", overrides=["model.embedding_dim=4", "model.tower_mlp=[8, 3]", *overrides]).model
+    return build_two_tower(manifest, cfg).eval()
+
+
+def _tables(model):
+    return {c.name: c.feature_names for c in model.sparse_arch.embedding_bag_collection.embedding_bag_configs()}
+
+
+def _users_and_items():
+    """Three (user, item) pairs: every key of the small dataset, the second user with no history."""
+    keys = ["user_id", "segment", "history", "item_id", "category", "tags"]
+    lists = {
+        "user_id": [[1], [2], [3]],
+        "segment": [[1], [4], [2]],
+        "history": [[3, 7, 9], [], [5]],
+        "item_id": [[4], [8], [30]],
+        "category": [[2], [1], [8]],
+        "tags": [[1, 2], [], [8]],
+    }
+    values = torch.tensor([v for k in keys for row in lists[k] for v in row])
+    lengths = torch.tensor([len(row) for k in keys for row in lists[k]])
+    return torch.tensor([[0.5], [1.0], [2.0]]), KeyedJaggedTensor.from_lengths_sync(keys, values, lengths)
+
+
+def test_the_history_is_looked_up_in_the_item_id_table_unless_told_otherwise(small):
+    shared = _two_tower(small)
+    assert _tables(shared)["item_id"] == ["item_id", "history", "history_recent"] and "history" not in _tables(shared)
+    dense, kjt = _users_and_items()
+    pooled = shared._pooled(kjt)
+    items = shared.sparse_arch.embedding_bag_collection.embedding_bags["item_id"].weight
+    names = shared.sparse_arch.feature_names
+    assert torch.allclose(
+        pooled[:, names.index("history")], torch.stack([items[[3, 7, 9]].mean(0), 0 * items[0], items[5]])
+    )
+    assert torch.allclose(pooled[:, names.index("item_id")], items[[4, 8, 30]])
+    own = _two_tower(small, "model.share_item_table=false")
+    assert _tables(own)["history"] == ["history", "history_recent"] and _tables(own)["item_id"] == ["item_id"]
+
+
+def test_one_tower_from_its_own_inputs_equals_its_side_of_the_pairs(small):
+    model = _two_tower(small)
+    dense, kjt = _users_and_items()
+    users, items = model(dense, kjt)
+    for role, expected in (("user", users), ("item", items)):
+        keys, dense_names = model.inputs(role)
+        own = kjt.permute([kjt.keys().index(k) for k in keys])
+        assert "item_id" not in keys if role == "user" else "history" not in keys
+        torch.testing.assert_close(model.embed(role, dense[:, : len(dense_names)], own), expected)
+
+
+def test_missing_features_are_added_as_empty_lists():
+    sparse = KeyedJaggedTensor.from_lengths_sync(["a"], torch.tensor([4, 5]), torch.tensor([1, 1]))
+    out = with_empty(sparse, ["a", "b", "c"])
+    assert (
+        out.keys() == ["a", "b", "c"] and out["b"].lengths().tolist() == [0, 0] and out["a"].values().tolist() == [4, 5]
+    )
+    assert with_empty(sparse, ["a"]) is sparse
 
 
 def test_attention_pooling_starts_as_the_mean_and_weights_items_by_their_scores():

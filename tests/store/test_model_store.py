@@ -104,3 +104,24 @@ def test_recorded_metrics_need_no_dataset(cli, data, tmp_path):
         assert code == 0 and json.loads(out)["model"] == "dlrm"
     finally:
         away.rename(data)
+
+
+def test_weights_that_do_not_fit_the_model_are_a_one_line_error_naming_the_file(cli, data, tmp_path):
+    import torch
+
+    from recfunnel.errors import RecfunnelError
+    from recfunnel.store.model import load_trained
+
+    run = tmp_path / "two-tower"
+    assert cli("train", "--model", "two-tower", "--data", data, "--out", run, *FAST)[0] == 0
+    load_trained(run)
+    path = run / "model" / "model.pt"
+    saved = torch.load(path, weights_only=True)
+    saved["state_dict"] = {
+        k.replace("sparse_arch.", "user_tower.sparse_arch.", 1): v for k, v in saved["state_dict"].items()
+    }
+    torch.save(saved, path)  # the layout of an older release: a table per tower
+    with pytest.raises(RecfunnelError, match=r"model\.pt: its weights do not fit .*; retrain it$"):
+        load_trained(run)
+    code, _, err = cli("recommend", "--run", run, "--user", "1")
+    assert code != 0 and "Traceback" not in err

@@ -138,7 +138,7 @@ class Funnel:
         self.user_key, self.item_key = manifest.roles["user"], manifest.roles["item"]
         self.item_rows = pd.Index(self.items.raw_ids)  # raw item id -> catalogue row
         self.user_rows = pd.Index(self.users.raw_ids)
-        self.tower = retriever.model.user_tower
+        self.towers = retriever.model
         self.rank_items, self.list_scale = self.items, None
         self.neighbours: ItemNeighbours | None = None  # with list_scale: a ranker trained on candidate lists
         if ranker is not None:
@@ -317,11 +317,9 @@ class Funnel:
         row = positions(self.item_rows, [item_id])[0]
         if row < 0:
             raise KeyError(item_id)
-        dense, kjt = self.items.inputs(
-            np.array([row]), self.retriever.model.item_tower.sparse_keys, self.retriever.model.item_tower.dense_names
-        )
+        dense, kjt = self.items.inputs(np.array([row]), *self.retriever.model.inputs("item"))
         with torch.inference_mode():
-            query = self.retriever.model.item_tower(dense, kjt).float().numpy()
+            query = self.retriever.model.embed("item", dense, kjt).float().numpy()
         scores, ids = self.index.vectors.search(query, min(len(self.index.vectors), k + 1))
         out = [(i, float(s)) for i, s in zip(ids[0].tolist(), scores[0].tolist()) if i != item_id and np.isfinite(s)]
         return out[:k]
@@ -347,9 +345,9 @@ class Funnel:
         return UserFeatures(), "popular"
 
     def _embed(self, users: list[UserFeatures]) -> np.ndarray:
-        dense, kjt = tower_inputs(users, self.user_key, self.tower.sparse_keys, self.tower.dense_names)
+        dense, kjt = tower_inputs(users, self.user_key, *self.towers.inputs("user"))
         with torch.inference_mode():
-            return self.tower(dense, kjt).float().numpy()
+            return self.towers.embed("user", dense, kjt).float().numpy()
 
     def excluded_items(self, user: UserFeatures, exclude: Sequence[Any], notes: list[str]) -> np.ndarray:
         """Item indices to leave out: the user's training items and the request's list."""
@@ -371,9 +369,9 @@ class Funnel:
             parts = [list_features(s, self.list_scale) for s in scores]
             history = self.manifest.roles.get("history", "")
             for part, user, rows_u in zip(parts, users, rows):  # the profile: positives, and the history
-                profile = np.concatenate([self.interactions.taken(user.index), user.sparse.get(history, [])])
                 candidates = np.where(rows_u >= 0, self.items.index[np.maximum(rows_u, 0)], 0)
-                part.update(affinity_features(self.neighbours.affinity(candidates, profile)))
+                taken, past = self.interactions.taken(user.index), user.sparse.get(history, [])
+                part.update(affinity_features(self.neighbours, candidates, taken, past))
             names = [*LIST_FEATURES, *AFFINITY_FEATURES, RANK_BUCKET]
             context = {name: np.concatenate([p[name] for p in parts]) for name in names}
             top_bucket = self.ranker.manifest.feature(RANK_BUCKET).cardinality - 1  # lists longer than trained on

@@ -3,7 +3,7 @@ dot product (or cosine). Loss-free: the retrieval task turns embeddings into a l
 
     model = build_two_tower(manifest, config.model)
     users, items = model(batch.dense, batch.sparse)      # (B, E) each, for the batch's pairs
-    model.user_tower(dense_u, kjt_u)                     # tower inputs only, e.g. for a catalogue
+    model.embed("user", dense_u, kjt_u)                  # one tower's inputs only, e.g. a catalogue
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingConfig
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recfunnel.config import ModelConfig
@@ -26,42 +26,38 @@ __all__ = ["Tower", "TwoTower", "build_two_tower", "tower_features"]
 
 
 class Tower(nn.Module):
-    """Embeddings of the tower's sparse features, concatenated with its dense features, through an
-    MLP: dense (B, len(dense_names)), KJT (superset of ``sparse_keys``) -> (B, E).
+    """One tower's head: the pooled embeddings of its sparse features (looked up by the two-tower's
+    one embedding collection), its dense features and, with attention pooling, the attended
+    history, through an MLP -> (B, E).
 
-    ``recent``: (feature, n) to pool a sequence feature's first n ids apart as well (the user's
-    latest items beside the mean of the whole history: the next item follows the last few far
-    more than the fiftieth), as the feature ``<feature>_recent`` of the same table.
+    ``features``: the pooled features the tower reads, as positions (``columns``) in the shared
+    lookup's output. ``sequence``: a sequence feature pooled by attention (``model.history_pooling:
+    attention``) instead of by the bags."""
 
-    ``sequence``: a sequence feature pooled by attention (``model.history_pooling: attention``)
-    instead of by the bags."""
+    columns: torch.Tensor  # int64 (F,): this tower's features in the shared lookup's output
 
     def __init__(
         self,
-        sparse_arch: SparseArch,
+        sparse_keys: list[str],
+        columns: list[int],
+        dim: int,
         dense_names: list[str],
         layers: list[int],
         normalize: bool,
         dropout: float = 0.0,
-        recent: tuple[str, int] | None = None,
         sequence: SequenceAttention | None = None,
     ):
         super().__init__()
-        self.sparse_arch = sparse_arch
-        self.recent = recent
-        self.sequence = sequence
-        derived = {recent_name(recent[0])} if recent else set()
-        own = [sequence.feature] if sequence is not None else []
-        self.sparse_keys = [k for k in sparse_arch.feature_names if k not in derived] + own  # the inputs
+        self.sparse_keys = sparse_keys  # the inputs it needs (a recent history is derived, not read)
         self.dense_names = dense_names
-        width = (len(sparse_arch.feature_names) + len(own)) * sparse_arch.dim + len(dense_names)
+        self.sequence = sequence
+        self.register_buffer("columns", torch.tensor(columns, dtype=torch.long), persistent=False)
+        width = (len(columns) + int(sequence is not None)) * dim + len(dense_names)
         self.mlp = mlp(width, layers, dropout=dropout, last_activation=False)
         self.normalize = normalize
 
-    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        if self.recent is not None:
-            sparse = with_recent(sparse, *self.recent)
-        embedded = self.sparse_arch(select_sparse(sparse, self.sparse_arch.feature_names)).flatten(1)
+    def forward(self, dense: torch.Tensor, pooled: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        embedded = pooled.index_select(1, self.columns).flatten(1)
         if self.sequence is not None:
             embedded = torch.cat([embedded, self.sequence(select_sparse(sparse, [self.sequence.feature]))], dim=1)
         out = self.mlp(torch.cat([embedded, dense], dim=1) if self.dense_names else embedded)
@@ -69,24 +65,61 @@ class Tower(nn.Module):
 
 
 class TwoTower(nn.Module):
+    """Both towers over one embedding collection (``sparse_arch``): one lookup a batch, and a table
+    may serve both towers (the item ids and the user's history, ``model.share_item_table``).
+
+    ``recent``: (feature, n) to pool a sequence feature's first n ids apart as well (the user's
+    latest items beside the mean of the whole history: the next item follows the last few far
+    more than the fiftieth), as the feature ``<feature>_recent`` of the same table."""
+
     user_dense_index: torch.Tensor  # int64: the batch's dense columns each tower reads
     item_dense_index: torch.Tensor
 
     def __init__(
-        self, user_tower: Tower, item_tower: Tower, *, user_dense_index: list[int], item_dense_index: list[int]
+        self,
+        sparse_arch: SparseArch,
+        user_tower: Tower,
+        item_tower: Tower,
+        *,
+        user_dense_index: list[int],
+        item_dense_index: list[int],
+        recent: tuple[str, int] | None = None,
     ):
         super().__init__()
+        self.sparse_arch = sparse_arch
         self.user_tower = user_tower
         self.item_tower = item_tower
+        self.recent = recent
+        derived = recent_name(recent[0]) if recent else None
+        self._lookup_keys = [k for k in sparse_arch.feature_names if k != derived]
         self.register_buffer("user_dense_index", torch.tensor(user_dense_index, dtype=torch.long), persistent=False)
         self.register_buffer("item_dense_index", torch.tensor(item_dense_index, dtype=torch.long), persistent=False)
 
+    def _pooled(self, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        if self.recent is not None:
+            sparse = with_recent(sparse, *self.recent)
+        return self.sparse_arch(select_sparse(sparse, self.sparse_arch.feature_names))
+
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch's (user, item) pairs -> user embeddings (B, E), item embeddings (B, E)."""
+        pooled = self._pooled(sparse)
         return (
-            self.user_tower(dense[:, self.user_dense_index], sparse),
-            self.item_tower(dense[:, self.item_dense_index], sparse),
+            self.user_tower(dense[:, self.user_dense_index], pooled, sparse),
+            self.item_tower(dense[:, self.item_dense_index], pooled, sparse),
         )
+
+    def inputs(self, role: str) -> tuple[list[str], list[str]]:
+        """(sparse keys, dense names) that ``embed(role, ...)`` reads."""
+        tower = self.user_tower if role == "user" else self.item_tower
+        return tower.sparse_keys, tower.dense_names
+
+    def embed(self, role: str, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        """Embeddings (B, E) of one tower ("user" | "item") from its own inputs (``inputs(role)``):
+        the other tower's features are looked up empty, which keeps one key set for the collection
+        (a sharded one is bound to the keys it first saw)."""
+        tower = self.user_tower if role == "user" else self.item_tower
+        pooled = self._pooled(with_empty(sparse, self._lookup_keys))
+        return tower(dense, pooled, sparse)
 
 
 def tower_features(manifest: Manifest, role: str, names: list[str] | None) -> tuple[list[str], list[str]]:
@@ -121,13 +154,44 @@ def with_recent(sparse: KeyedJaggedTensor, feature: str, n: int) -> KeyedJaggedT
     return KeyedJaggedTensor.concat([sparse, recent])
 
 
+def with_empty(sparse: KeyedJaggedTensor, keys: list[str]) -> KeyedJaggedTensor:
+    """``sparse`` and, for each of ``keys`` it lacks, a feature of empty lists."""
+    missing = [k for k in keys if k not in sparse.keys()]
+    if not missing:
+        return sparse
+    lengths = sparse.lengths()
+    empty = KeyedJaggedTensor.from_lengths_sync(
+        keys=missing,
+        values=sparse.values().new_zeros(0),
+        lengths=lengths.new_zeros(len(missing) * sparse.stride()),
+    )
+    return KeyedJaggedTensor.concat([sparse, empty])
+
+
+def _shared_tables(
+    tables: list[EmbeddingBagConfig], history: str | None, item: str, shared: bool
+) -> list[EmbeddingBagConfig]:
+    """``tables`` with the history looked up in the item id table when ``shared``: a history item
+    is then the very vector the item tower starts from, and each item's row learns from both
+    sides. The table pools by the history's pooling; for a single item id, mean and sum agree."""
+    names = [t.name for t in tables]
+    if not shared or history not in names or item not in names:
+        return tables
+    table = tables[names.index(item)]
+    if table.num_embeddings != tables[names.index(history)].num_embeddings:
+        raise ConfigError(f"model.share_item_table: {history!r} and {item!r} have different vocabularies")
+    merged = dataclasses.replace(table, feature_names=[item, history], pooling=tables[names.index(history)].pooling)
+    return [merged if t.name == item else t for t in tables if t.name != history]
+
+
 def build_two_tower(manifest: Manifest, cfg: ModelConfig, device: torch.device | None = None) -> TwoTower:
-    towers = {}
-    dense_index = {}
     history = manifest.roles.get("history")
+    pooled: dict[str, list[str]] = {}  # role -> the features its tower reads from the shared lookup
+    dense: dict[str, list[str]] = {}
+    sequences: dict[str, SequenceAttention | None] = {}
     for role in ("user", "item"):
-        sparse, dense = tower_features(manifest, role, getattr(cfg, f"{role}_features"))
-        sequence = None
+        sparse, dense[role] = tower_features(manifest, role, getattr(cfg, f"{role}_features"))
+        sequences[role] = None
         if history in sparse and cfg.history_pooling == "attention":  # an unpooled table of its own
             feature = manifest.feature(history)
             table = EmbeddingConfig(
@@ -136,27 +200,41 @@ def build_two_tower(manifest: Manifest, cfg: ModelConfig, device: torch.device |
                 num_embeddings=feature.cardinality,
                 feature_names=[history],
             )
-            sequence = SequenceAttention(table, max(1, feature.max_len), device=device)
+            sequences[role] = SequenceAttention(table, max(1, feature.max_len), device=device)
             sparse = [name for name in sparse if name != history]
-        tables = embedding_tables(sparse_features(manifest, sparse), cfg.embedding_dim, cfg.multi_hot_pooling)
-        recent = (history, cfg.history_recent) if history in sparse and cfg.history_recent > 0 else None
-        if recent is not None:  # pooled from the history's own table: no new rows to learn
-            tables = [
-                dataclasses.replace(t, feature_names=[*t.feature_names, recent_name(history)])
-                if t.name == history
-                else t
-                for t in tables
-            ]
+        pooled[role] = sparse
+    looked_up = list(dict.fromkeys(pooled["user"] + pooled["item"]))  # a feature both towers read: once
+    tables = embedding_tables(sparse_features(manifest, looked_up), cfg.embedding_dim, cfg.multi_hot_pooling)
+    tables = _shared_tables(tables, history, manifest.roles["item"], cfg.share_item_table)
+    recent = None
+    if history in looked_up and cfg.history_recent > 0:  # pooled from the history's table: no new rows to learn
+        recent = (history, cfg.history_recent)
+        tables = [
+            dataclasses.replace(t, feature_names=[*t.feature_names, recent_name(history)])
+            if history in t.feature_names
+            else t
+            for t in tables
+        ]
+    sparse_arch = SparseArch(tables, device=device)
+    towers = {}
+    for role in ("user", "item"):
+        reads = pooled[role] + ([recent_name(history)] if recent and history in pooled[role] else [])
+        sequence = sequences[role]
         towers[role] = Tower(
-            SparseArch(tables, device=device),
-            dense,
+            pooled[role] + ([sequence.feature] if sequence is not None else []),
+            [sparse_arch.feature_names.index(name) for name in reads],
+            cfg.embedding_dim,
+            dense[role],
             cfg.tower_mlp,
             cfg.score == "cosine",
             cfg.dropout,
-            recent,
             sequence,
         )
-        dense_index[role] = dense_columns(manifest, dense)
     return TwoTower(
-        towers["user"], towers["item"], user_dense_index=dense_index["user"], item_dense_index=dense_index["item"]
+        sparse_arch,
+        towers["user"],
+        towers["item"],
+        user_dense_index=dense_columns(manifest, dense["user"]),
+        item_dense_index=dense_columns(manifest, dense["item"]),
+        recent=recent,
     )

@@ -34,12 +34,12 @@ def tower_embeddings(
             f"{trained.folder}: a {trained.kind} model has no towers; embeddings come from a two-tower run"
         )
     catalog = Catalog.load(trained.folder, trained.manifest, role, as_of)
-    tower = getattr(trained.model, f"{role}_tower")
+    keys, dense_names = trained.model.inputs(role)
     parts = []
     for start in range(0, len(catalog), batch_size):
         rows = np.arange(start, min(start + batch_size, len(catalog)))
-        dense, kjt = catalog.inputs(rows, tower.sparse_keys, tower.dense_names)
-        parts.append(tower(dense, kjt).float().numpy())
+        dense, kjt = catalog.inputs(rows, keys, dense_names)
+        parts.append(trained.model.embed(role, dense, kjt).float().numpy())
     return catalog, np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 

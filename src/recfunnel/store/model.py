@@ -99,7 +99,13 @@ def load_trained(folder: str | Path) -> Trained:
     manifest = load_manifest(folder)
     saved = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     model = build_model(config, manifest, device="cpu")
-    model.load_state_dict(saved["state_dict"])
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as e:  # e.g. saved by a release whose model had other parts
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise RecfunnelError(
+            f"{folder / 'model.pt'}: its weights do not fit the model its config builds ({first}); retrain it"
+        ) from None
     model.eval()
     return Trained(config, manifest, model, folder)
 

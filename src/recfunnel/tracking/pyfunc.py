@@ -99,9 +99,9 @@ def _score_pairs(model: RecfunnelPyfunc, df: pd.DataFrame) -> pd.DataFrame:
     score = np.full(len(df), np.nan, np.float32)
     if known.any():
         embedded = []
-        for role, tower in (("user", net.user_tower), ("item", net.item_tower)):
-            dense, kjt = model.catalogs[role].inputs(rows[role][known], tower.sparse_keys, tower.dense_names)
-            embedded.append(tower(dense, kjt))
+        for role in ("user", "item"):
+            dense, kjt = model.catalogs[role].inputs(rows[role][known], *net.inputs(role))
+            embedded.append(net.embed(role, dense, kjt))
         score[known] = (embedded[0] * embedded[1]).sum(dim=1).numpy()
     return pd.DataFrame({"score": score}, index=df.index)
 

@@ -78,7 +78,7 @@ __all__ = [
 ]
 
 CANDIDATES = "candidates"  # the folder in the ranker's run folder
-LISTS_VERSION = 5  # of what a list holds: a folder of another version is built again
+LISTS_VERSION = 6  # of what a list holds: a folder of another version is built again
 NEIGHBOURS_K = 1000  # item-to-item weights kept per candidate item
 USERS_AT_ONCE = 1024  # users scored against every item in one matmul: (1024, items) floats
 SCALE_USERS = 1024  # the first users (in list order) whose scores set the score's scale
@@ -406,10 +406,8 @@ def pair_rows(
     history = users.multi.get(manifest.roles.get("history", ""))
     affinity = []
     for u in range(lists):  # the profile as the funnel builds it: positives before, and the history
-        profile = profiles[user_index[u]].indices
-        if history is not None:
-            profile = np.concatenate([profile, jagged_take(*history, user_rows[u * n : u * n + 1])[1]])
-        affinity.append(affinity_features(neighbours.affinity(items.index[item_rows[u]], profile)))
+        past = jagged_take(*history, user_rows[u * n : u * n + 1])[1] if history is not None else np.zeros(0)
+        affinity.append(affinity_features(neighbours, items.index[item_rows[u]], profiles[user_index[u]].indices, past))
     extra.update({name: np.concatenate([a[name] for a in affinity]) for name in AFFINITY_FEATURES})
 
     def columns(features: list, of: str, dtype: type) -> np.ndarray:

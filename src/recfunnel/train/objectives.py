@@ -165,8 +165,8 @@ class RetrievalObjective:
             seed=config.train.seed,
         )
         towers = _inner(model)
-        self.user_inputs = (towers.user_tower.sparse_keys, towers.user_tower.dense_names)
-        self.item_inputs = (towers.item_tower.sparse_keys, towers.item_tower.dense_names)
+        self.user_inputs = towers.inputs("user")
+        self.item_inputs = towers.inputs("item")
 
     def state_dict(self) -> dict[str, Any]:
         """What training changes besides the model: the item-frequency estimate and the negative sampler."""
@@ -194,7 +194,7 @@ class RetrievalObjective:
         if self.config.retrieval.extra_negatives:
             negative_ids = self.criterion.sample_negatives()
             dense, kjt = self.items.inputs(self.items.positions_of(negative_ids.numpy()), *self.item_inputs)
-            negatives = _inner(model).item_tower(dense.to(users.device), kjt.to(users.device))
+            negatives = _inner(model).embed("item", dense.to(users.device), kjt.to(users.device))
             negative_ids = negative_ids.to(users.device)
         loss = self.criterion.softmax_loss(
             users[keep], items[keep], item_ids[keep], batch.weights[keep], negatives, negative_ids
@@ -206,14 +206,14 @@ class RetrievalObjective:
         """(cardinality, E) embeddings by id-feature index; row 0 (OOV) and unknown rows are 0.
         Users as of ``split``: their history holds what was known then."""
         catalog = self.items if role == "item" else self.users_at_val if split == "val" else self.users
-        tower = getattr(_inner(model), f"{role}_tower")
+        towers = _inner(model)
         keys, dense_names = self.user_inputs if role == "user" else self.item_inputs
         out = None
         step = self.config.eval.batch_size
         for start in range(0, len(catalog), step):
             rows = np.arange(start, min(start + step, len(catalog)))
             dense, kjt = catalog.inputs(rows, keys, dense_names)
-            emb = tower(dense.to(device), kjt.to(device)).float().cpu()
+            emb = towers.embed(role, dense.to(device), kjt.to(device)).float().cpu()
             if out is None:
                 out = torch.zeros(catalog.cardinality, emb.shape[1])
             out[torch.from_numpy(catalog.index[rows])] = emb

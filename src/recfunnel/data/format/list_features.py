@@ -40,7 +40,10 @@ RANK_BUCKET = "retrieval_rank_bucket"  # sparse: 1 + floor(log2(1 + position)), 
 AFFINITY = "profile_affinity"  # item-to-item weights summed over the items the user took (ItemNeighbours)
 AFFINITY_Z = "profile_affinity_z"  # the same standardised within the list: comparable across profile sizes
 AFFINITY_RANK = "profile_affinity_rank"  # log(1 + its place in the list by affinity), 0 = the closest
-AFFINITY_FEATURES = (AFFINITY, AFFINITY_Z, AFFINITY_RANK)
+RECENT_AFFINITY = "recent_affinity"  # the same summed over the user's latest RECENT_ITEMS only: what they do now
+RECENT_AFFINITY_Z = "recent_affinity_z"
+RECENT_ITEMS = 5
+AFFINITY_FEATURES = (AFFINITY, AFFINITY_Z, AFFINITY_RANK, RECENT_AFFINITY, RECENT_AFFINITY_Z)
 LIST_FEATURES = (SCORE, GAP, RANK)
 NEIGHBOURS = "neighbours.npz"  # the item-to-item weights, beside the ranker's model
 DENSE_ITEMS = 4096  # up to this many items (64 MiB of float32), the weights are also held dense
@@ -63,20 +66,31 @@ def list_features(scores: np.ndarray, scale: tuple[float, float]) -> dict[str, n
     }
 
 
-def affinity_features(affinity: np.ndarray) -> dict[str, np.ndarray]:
-    """The affinity features of one user's candidates from their affinities (float32 (n,)): the
-    raw sum grows with the size of the user's profile, so the list's own scale comes beside it."""
-    affinity = np.asarray(affinity, np.float32)
-    spread = float(affinity.std()) if len(affinity) > 1 else 0.0
+def affinity_features(
+    neighbours: ItemNeighbours, candidates: np.ndarray, taken: np.ndarray, history: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The affinity features of one user's candidates (item indices): to the user's profile (the
+    items they ``taken`` positively, and their ``history``, the latest first) and to their latest
+    RECENT_ITEMS. The raw sum grows with the size of the profile, so the list's own scale comes
+    beside it."""
+    history = np.asarray(history, np.int64)
+    affinity = neighbours.affinity(candidates, np.concatenate([np.asarray(taken, np.int64), history]))
+    recent = neighbours.affinity(candidates, history[:RECENT_ITEMS])
     place = np.empty(len(affinity), np.float32)
     place[np.argsort(-affinity, kind="stable")] = np.arange(len(affinity), dtype=np.float32)
     return {
         AFFINITY: affinity,
-        AFFINITY_Z: ((affinity - affinity.mean()) / spread if spread > 0 else np.zeros_like(affinity)).astype(
-            np.float32
-        ),
+        AFFINITY_Z: _standardised(affinity),
         AFFINITY_RANK: np.log1p(place),
+        RECENT_AFFINITY: recent,
+        RECENT_AFFINITY_Z: _standardised(recent),
     }
+
+
+def _standardised(values: np.ndarray) -> np.ndarray:
+    """``values`` less their mean over their spread (zeros when they are all equal)."""
+    spread = float(values.std()) if len(values) > 1 else 0.0
+    return ((values - values.mean()) / spread if spread > 0 else np.zeros_like(values)).astype(np.float32)
 
 
 def rank_buckets(list_rows: int) -> int:
