@@ -205,7 +205,9 @@ def build_two_tower(manifest: Manifest, cfg: ModelConfig, device: torch.device |
         pooled[role] = sparse
     looked_up = list(dict.fromkeys(pooled["user"] + pooled["item"]))  # a feature both towers read: once
     tables = embedding_tables(sparse_features(manifest, looked_up), cfg.embedding_dim, cfg.multi_hot_pooling)
-    tables = _shared_tables(tables, history, manifest.roles["item"], cfg.share_item_table)
+    item = manifest.roles["item"]
+    share = cfg.share_item_table and history is not None and manifest.feature(history).vocab == item  # same ids
+    tables = _shared_tables(tables, history, item, share)
     recent = None
     if history in looked_up and cfg.history_recent > 0:  # pooled from the history's table: no new rows to learn
         recent = (history, cfg.history_recent)
