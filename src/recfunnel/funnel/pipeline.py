@@ -138,7 +138,6 @@ class Funnel:
         self.user_key, self.item_key = manifest.roles["user"], manifest.roles["item"]
         self.item_rows = pd.Index(self.items.raw_ids)  # raw item id -> catalogue row
         self.user_rows = pd.Index(self.users.raw_ids)
-        self.towers = retriever.model
         self.rank_items, self.list_scale = self.items, None
         self.neighbours: ItemNeighbours | None = None  # with list_scale: a ranker trained on candidate lists
         if ranker is not None:
@@ -345,9 +344,10 @@ class Funnel:
         return UserFeatures(), "popular"
 
     def _embed(self, users: list[UserFeatures]) -> np.ndarray:
-        dense, kjt = tower_inputs(users, self.user_key, *self.towers.inputs("user"))
+        towers = self.retriever.model
+        dense, kjt = tower_inputs(users, self.user_key, *towers.inputs("user"))
         with torch.inference_mode():
-            return self.towers.embed("user", dense, kjt).float().numpy()
+            return towers.embed("user", dense, kjt).float().numpy()
 
     def excluded_items(self, user: UserFeatures, exclude: Sequence[Any], notes: list[str]) -> np.ndarray:
         """Item indices to leave out: the user's training items and the request's list."""

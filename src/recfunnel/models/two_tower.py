@@ -30,9 +30,9 @@ class Tower(nn.Module):
     one embedding collection), its dense features and, with attention pooling, the attended
     history, through an MLP -> (B, E).
 
-    ``features``: the pooled features the tower reads, as positions (``columns``) in the shared
-    lookup's output. ``sequence``: a sequence feature pooled by attention (``model.history_pooling:
-    attention``) instead of by the bags."""
+    ``sparse_keys``: the inputs it needs; ``columns``: the pooled features it reads, as positions in
+    the shared lookup's output. ``sequence``: a sequence feature pooled by attention
+    (``model.history_pooling: attention``) instead of by the bags."""
 
     columns: torch.Tensor  # int64 (F,): this tower's features in the shared lookup's output
 
@@ -159,11 +159,10 @@ def with_empty(sparse: KeyedJaggedTensor, keys: list[str]) -> KeyedJaggedTensor:
     missing = [k for k in keys if k not in sparse.keys()]
     if not missing:
         return sparse
-    lengths = sparse.lengths()
     empty = KeyedJaggedTensor.from_lengths_sync(
         keys=missing,
         values=sparse.values().new_zeros(0),
-        lengths=lengths.new_zeros(len(missing) * sparse.stride()),
+        lengths=sparse.lengths().new_zeros(len(missing) * sparse.stride()),
     )
     return KeyedJaggedTensor.concat([sparse, empty])
 
@@ -171,16 +170,16 @@ def with_empty(sparse: KeyedJaggedTensor, keys: list[str]) -> KeyedJaggedTensor:
 def _shared_tables(
     tables: list[EmbeddingBagConfig], history: str | None, item: str, shared: bool
 ) -> list[EmbeddingBagConfig]:
-    """``tables`` with the history looked up in the item id table when ``shared``: a history item
+    """``tables`` with the history looked up in the item id table when ``shared`` (the caller
+    checked that the history's ids are the item ids' vocabulary): a history item
     is then the very vector the item tower starts from, and each item's row learns from both
     sides. The table pools by the history's pooling; for a single item id, mean and sum agree."""
     names = [t.name for t in tables]
     if not shared or history not in names or item not in names:
         return tables
-    table = tables[names.index(item)]
-    if table.num_embeddings != tables[names.index(history)].num_embeddings:
-        raise ConfigError(f"model.share_item_table: {history!r} and {item!r} have different vocabularies")
-    merged = dataclasses.replace(table, feature_names=[item, history], pooling=tables[names.index(history)].pooling)
+    merged = dataclasses.replace(
+        tables[names.index(item)], feature_names=[item, history], pooling=tables[names.index(history)].pooling
+    )
     return [merged if t.name == item else t for t in tables if t.name != history]
 
 

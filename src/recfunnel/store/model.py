@@ -102,7 +102,8 @@ def load_trained(folder: str | Path) -> Trained:
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError as e:  # e.g. saved by a release whose model had other parts
-        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        lines = str(e).splitlines()  # torch's first line only says loading failed; the second says what
+        first = lines[1].strip() if len(lines) > 1 else str(e)
         raise RecfunnelError(
             f"{folder / 'model.pt'}: its weights do not fit the model its config builds ({first}); retrain it"
         ) from None
