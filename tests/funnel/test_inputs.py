@@ -52,9 +52,12 @@ def test_ranker_and_user_tower_inputs_online_equal_the_test_rows_offline(data):
         online = {key: ids[0] for key, ids in _kjt_rows(kjt).items()}
         assert online == offline, r
         assert dense[0].tolist() == pytest.approx([offline_dense[f.name] for f in manifest.dense])
-        tower = manifest.roles["user_features"]
-        _, user_kjt = tower_inputs([user], manifest.roles["user"], ["user_id", *tower], [])
+        tower = [name for name in manifest.roles["user_features"] if name in offline]
+        tower_dense = [name for name in manifest.roles["user_features"] if name in offline_dense]
+        assert tower_dense == ["example_age"]  # as of now, online and in the test rows alike
+        user_dense, user_kjt = tower_inputs([user], manifest.roles["user"], ["user_id", *tower], tower_dense)
         assert {k: v[0] for k, v in _kjt_rows(user_kjt).items()} == {k: offline[k] for k in ["user_id", *tower]}
+        assert user_dense[0].tolist() == pytest.approx([offline_dense[name] for name in tower_dense])
         checked_history += len(offline["history"]) > 0
     assert checked_history > 50
 

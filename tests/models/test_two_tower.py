@@ -58,7 +58,9 @@ def _users_and_items():
     }
     values = torch.tensor([v for k in keys for row in lists[k] for v in row])
     lengths = torch.tensor([len(row) for k in keys for row in lists[k]])
-    return torch.tensor([[0.5], [1.0], [2.0]]), KeyedJaggedTensor.from_lengths_sync(keys, values, lengths)
+    # the dense columns: popularity (the item's), example_age (the user's)
+    dense = torch.tensor([[0.5, -1.0], [1.0, 0.0], [2.0, 1.5]])
+    return dense, KeyedJaggedTensor.from_lengths_sync(keys, values, lengths)
 
 
 def test_the_history_is_looked_up_in_the_item_id_table_unless_told_otherwise(small):
@@ -84,7 +86,8 @@ def test_one_tower_from_its_own_inputs_equals_its_side_of_the_pairs(small):
         keys, dense_names = model.inputs(role)
         own = kjt.permute([kjt.keys().index(k) for k in keys])
         assert "item_id" not in keys if role == "user" else "history" not in keys
-        torch.testing.assert_close(model.embed(role, dense[:, : len(dense_names)], own), expected)
+        columns = [[f.name for f in small.dense].index(name) for name in dense_names]
+        torch.testing.assert_close(model.embed(role, dense[:, columns], own), expected)
 
 
 def test_missing_features_are_added_as_empty_lists():

@@ -63,6 +63,13 @@ def user_from_raw(
     dense_names = {f.name for f in manifest.dense}
     out = UserFeatures()
     for name in sorted(role_features):
+        if name == manifest.roles.get("example_age"):  # not the user's to give: serving asks about now
+            out.dense[name] = float(manifest.extra["example_age"]["now"])
+            if features.get(name) is not None:
+                notes.append(
+                    f"features.{name}: serving asks about now (the end of the known data); the value given is ignored"
+                )
+            continue
         value = features.get(name)
         is_list = isinstance(value, (list, tuple))
         if name in dense_names:

@@ -67,6 +67,8 @@ def test_raw_values_encode_like_the_shards(data):
     raw, out = data
     manifest, rows = read_split(out, "train")
     encoder = RequestEncoder(manifest, out)
+    # a training row's example age: its days before the training data's end (raw rows lack it)
+    raw = raw.assign(example_age=(manifest.extra["example_age"]["end"] - raw["timestamp"]) / 86_400)
     dense, kjt = encoder.encode(raw)
     assert dense.dtype == torch.float32 and len(rows) > 40
     assert dense.shape == (len(raw), len(manifest.dense)) and kjt.keys() == manifest.sparse_keys
@@ -98,6 +100,9 @@ def test_unknown_and_missing_values_are_oov(data):
     genres = jagged(kjt, "genres")
     assert genres[0][1] == 0 and genres[0][0] > 0 and genres[1] == [] and len(genres[2]) == 2
     assert genres[2] == encoder.indices("genres", ["comedy", "drama"]).tolist()
+    # no example age in a request: now, the end of the data the model knows
+    age = [f.name for f in encoder.manifest.dense].index("example_age")
+    assert dense[:, age].tolist() == pytest.approx([encoder.manifest.extra["example_age"]["now"]] * 3)
     names = [f.name for f in load_manifest(out).dense]
     assert dense[0, names.index("age")] == 0 and dense[1, names.index("price")] == 0  # missing -> the mean
 

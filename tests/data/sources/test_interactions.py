@@ -56,12 +56,16 @@ def test_csv_end_to_end(tmp_path, cli):
     m = load_manifest(out)
     assert m.kind == "interactions"
     assert [f.name for f in m.single_hot] == ["user_id", "item_id", "country", "device"]
-    assert [f.name for f in m.dense] == ["price"] and m.dense[0].transform.startswith("standardize(mean=")
+    # example_age: a split in time, so on by default
+    assert [f.name for f in m.dense] == ["price", "example_age"] and m.dense[0].transform.startswith(
+        "standardize(mean="
+    )
     assert m.roles == {
         "user": "user_id",
         "item": "item_id",
-        "user_features": ["country", "history"],  # history: timestamps, so on by default
+        "user_features": ["country", "history", "example_age"],  # history: timestamps, so on by default
         "history": "history",
+        "example_age": "example_age",
         "item_features": ["price"],
         "context_features": ["device"],
         "timestamp": True,
@@ -281,7 +285,9 @@ def test_users_table_features_and_users_without_a_row(tmp_path):
     m = prepare_interactions(
         src, tmp_path / "out", users=users, dense=["age"], val_fraction=0, test_fraction=0.2, quiet=True
     )
-    assert m.roles["user_features"] == ["age", "plan", "history"] and m.extra["users"] == 4  # user 7 never interacted
+    assert (
+        m.roles["user_features"] == ["age", "plan", "history", "example_age"] and m.extra["users"] == 4
+    )  # user 7 never interacted
     assert m.extra["dense_stats"]["age"] == {"mean": 40.0, "std": 10.0, "missing": 1}  # users 0, 1 are in train
     table = pd.read_parquet(tmp_path / "out" / "users.parquet").set_index("user_id")
     assert table.loc[2, "age"] == 0.0 and table.loc[2, "plan"] == 0  # missing -> the mean / the OOV bucket

@@ -67,7 +67,7 @@ def test_ml1m_files(tmp_path):
         "users.dat",
         "movies.dat",
     ]
-    assert m.roles["user_features"] == ["gender", "occupation", "zip_prefix", "age_bucket", "history"]
+    assert m.roles["user_features"] == ["gender", "occupation", "zip_prefix", "age_bucket", "history", "example_age"]
     assert m.roles["item_features"] == ["genres", "year"]
     assert decoded(out, "users", "user_id", "zip_prefix") == {1: "4", 2: "7", 3: "5"}
     assert decoded(out, "users", "user_id", "age_bucket") == {1: 1, 2: 56, 3: 25}

@@ -35,7 +35,7 @@ def test_prepare_synthetic_interactions(tmp_path):
     assert m.kind == "interactions" and m.source["kind"] == "synthetic" and m.split["kind"] == "temporal"
     assert sum(info.rows for info in m.splits.values()) == 8000
     assert m.extra["users"] == 200 and m.extra["items"] == 120  # every generated user and item is in the catalog
-    assert m.roles["user_features"] == ["segment", "history"]
+    assert m.roles["user_features"] == ["segment", "history", "example_age"]
     assert m.roles["item_features"] == ["category", "tags", "popularity"]
     assert m.extra["generator"]["seed"] == 3
     # The planted model retrieves held-out positives far better than popularity does.

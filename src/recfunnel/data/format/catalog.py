@@ -45,7 +45,8 @@ class Catalog:
     def load(cls, folder: str | Path, manifest: Manifest, role: str, as_of: str = "test") -> Catalog:
         """``as_of``: the split whose moment the features describe. A user's history at "val" is
         their training rows only (the ``history_before_val`` column, where the table has it); at
-        "test" (and serving) it holds their validation rows too."""
+        "test" (and serving) it holds their validation rows too. So for the example age: the end of
+        the training data at "val", of the validation data at "test"."""
         path = Path(folder) / f"{role}s.parquet"
         if not path.is_file():
             raise DataError(f"{path}: missing; a two-tower model needs the {role} table of `recfunnel prepare`")
@@ -58,13 +59,12 @@ class Catalog:
         single, multi, dense = {}, {}, {}
         single[id_name] = frame[index_col].to_numpy(np.int64)
         dense_names = {f.name for f in manifest.dense}
-        before_val = before_val_column(str(manifest.roles.get("history")))
         for name in manifest.roles.get(f"{role}_features", []):
             if name not in frame.columns:
                 raise DataError(f"{path}: no column {name!r} for {role} feature {name!r}")
             col = frame[name]
-            if as_of != "test" and name == manifest.roles.get("history") and before_val in frame.columns:
-                col = frame[before_val]
+            if as_of != "test" and before_val_column(name) in frame.columns:  # the history, the example age
+                col = frame[before_val_column(name)]
             if name in dense_names:
                 dense[name] = col.to_numpy(np.float32)
             elif manifest.feature(name).multi_hot:

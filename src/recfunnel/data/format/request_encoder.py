@@ -68,16 +68,22 @@ class RequestEncoder:
         """Rows of raw values -> (dense float32 (n, len(dense_names)), KJT of ``sparse_keys``).
 
         Defaults: every dense feature in manifest order, every sparse one in ``manifest.sparse_keys``
-        order. A column that is needed but absent raises :class:`DataError` naming it.
+        order. A column that is needed but absent raises :class:`DataError` naming it, but for the
+        example age (days before the end of the training data), which is then now: the end of the
+        data the model knows (``manifest.extra["example_age"]["now"]``).
         """
         sparse_keys = self.manifest.sparse_keys if sparse_keys is None else sparse_keys
         dense_names = [f.name for f in self.manifest.dense] if dense_names is None else dense_names
-        self._require(df, list(sparse_keys) + list(dense_names))
+        age = self.manifest.roles.get("example_age")
+        self._require(df, list(sparse_keys) + [d for d in dense_names if d != age])
         n = len(df)
         dense = np.zeros((n, len(dense_names)), np.float32)
         for j, name in enumerate(dense_names):
             if name not in self._dense:
                 raise DataError(f"request: {name!r} is not a dense feature of the dataset")
+            if name == age and name not in df.columns:  # a request asks about now: the end of the known data
+                dense[:, j] = self.manifest.extra["example_age"]["now"]
+                continue
             dense[:, j] = self._dense[name](pd.to_numeric(df[name], errors="coerce").to_numpy(np.float64))
         lengths, values = [], []
         for key in sparse_keys:

@@ -30,6 +30,7 @@ from recfunnel.data.format.manifest import Manifest
 from recfunnel.data.format.shards import check_output
 from recfunnel.data.prepare.check import check_interactions
 from recfunnel.data.prepare.encode import Encoded, encode_features
+from recfunnel.data.prepare.example_age import EXAMPLE_AGE, build_example_age
 from recfunnel.data.prepare.history import HISTORY, HISTORY_LENGTH, build_history
 from recfunnel.data.prepare.labels import LabelSpec, check_label_rule, derive_labels
 from recfunnel.data.prepare.splits import SplitSpec, assign_splits
@@ -74,6 +75,9 @@ def prepare_interaction_dataset(
         # held-out rows from anywhere in a user's time line, so each row sees the user's other rows
         kind = "others" if split.kind == "random" else "before"
         enc.history = build_history(enc.user_index, enc.item_index, checked.timestamp, codes, history, kind)
+    if checked.timestamp is not None and split.kind != "random":  # a split in time asks about now
+        per_user = split.kind == "temporal"  # each user's latest rows held out: each asked about at their own moment
+        enc.age = build_example_age(checked.timestamp, codes, enc.user_index, enc.user_vocab.cardinality, per_user)
     manifest = Manifest(
         kind="interactions",
         dense=enc.dense,
@@ -83,7 +87,7 @@ def prepare_interaction_dataset(
         split=split_record,
         block_rows=block_rows,
         source=data.source,
-        roles=_roles(data.features, checked.timestamp is not None, enc.history is not None),
+        roles=_roles(data.features, checked.timestamp is not None, enc.history is not None, enc.age is not None),
         extra=_extra(data, enc, labels, len(codes)),
     )
     with atomic_output_dir(out, overwrite) as tmp:
@@ -96,15 +100,17 @@ def prepare_interaction_dataset(
     return manifest
 
 
-def _roles(features: list[Feature], has_timestamp: bool, has_history: bool) -> dict[str, Any]:
+def _roles(features: list[Feature], has_timestamp: bool, has_history: bool, has_age: bool) -> dict[str, Any]:
     owned = {o: [f.name for f in features if f.owner == o] for o in OWNERS}
     return {
         "user": "user_id",
         "item": "item_id",
-        # the history describes the user (the catalogue keeps each user's latest for serving),
-        # though in the shards each row has its own, as of that row's time
-        "user_features": owned["user"] + ([HISTORY] if has_history else []),
+        # the history and the example age describe the user (the catalogue keeps each user's
+        # latest history and the moment serving asks about), though in the shards each row has its
+        # own, as of that row's time
+        "user_features": owned["user"] + ([HISTORY] if has_history else []) + ([EXAMPLE_AGE] if has_age else []),
         "history": HISTORY if has_history else None,
+        "example_age": EXAMPLE_AGE if has_age else None,
         "item_features": owned["item"],
         "context_features": owned["context"],
         "timestamp": has_timestamp,
@@ -125,6 +131,19 @@ def _extra(data: InteractionData, enc: Encoded, labels: LabelSpec, rows: int) ->
                 "before": "the user's training rows strictly earlier in time",
                 "others": "the user's latest training rows, the row itself left out",
             }[enc.history.kind],
+        }
+    if enc.age is not None:
+        extra["example_age"] = {
+            "of": "days from the row to the latest training timestamp (training rows); held-out rows and "
+            "users at the moment asked about: "
+            + (
+                "each user's latest known row"
+                if enc.age.per_user
+                else "the end of the training data (validation), of the validation data (test, serving)"
+            ),
+            "end": enc.age.end,
+            "known_end": enc.age.known_end,
+            "now": enc.age.now,
         }
     if data.rating_range is not None:
         extra["rating_range"] = list(data.rating_range)

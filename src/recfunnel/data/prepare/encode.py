@@ -17,6 +17,7 @@ from recfunnel.data.format.manifest import DenseFeature, SparseFeature
 from recfunnel.data.format.request_encoder import explode_lists
 from recfunnel.data.format.rows import Rows
 from recfunnel.data.format.vocab import Vocab
+from recfunnel.data.prepare.example_age import ExampleAge
 from recfunnel.data.prepare.history import HISTORY, History
 from recfunnel.data.prepare.splits import TRAIN
 from recfunnel.data.prepare.tables import Checked, Feature
@@ -48,10 +49,11 @@ class Encoded:
     context: Block  # n rows
     titles: np.ndarray | None  # object (n_items + 1,): item titles, None where unknown
     history: History | None = None  # each row's point-in-time history (the last multi-hot feature)
+    age: ExampleAge | None = None  # each row's example age (the last dense feature)
 
     @property
     def dense(self) -> list[DenseFeature]:
-        return self.users.dense + self.items.dense + self.context.dense
+        return self.users.dense + self.items.dense + self.context.dense + ([self.age.feature] if self.age else [])
 
     @property
     def sparse(self) -> list[SparseFeature]:
@@ -79,7 +81,8 @@ class Encoded:
 
     @property
     def stats(self) -> dict[str, Any]:
-        return {**self.users.stats, **self.items.stats, **self.context.stats}
+        age = {self.age.feature.name: self.age.stats} if self.age else {}
+        return {**self.users.stats, **self.items.stats, **self.context.stats, **age}
 
     def rows(self, idx: np.ndarray, labels: np.ndarray) -> Rows:
         """Training rows ``idx`` (int (k,)) with every feature in manifest order; labels float32 (n, L)."""
@@ -92,7 +95,7 @@ class Encoded:
             mh_lengths.append(lengths[:, None])
             mh_values.append(values)
         return Rows(
-            dense=np.hstack([p.dense for p in parts]),
+            dense=np.hstack([p.dense for p in parts] + ([self.age.values[idx, None]] if self.age else [])),
             sparse=np.column_stack([u, i] + [p.sparse for p in parts]).astype(np.int64, copy=False),
             mh_lengths=np.hstack(mh_lengths),
             mh_values=mh_values,

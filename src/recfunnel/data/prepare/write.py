@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from recfunnel.data.format.catalog import before_val_column
 from recfunnel.data.format.manifest import Label, SplitInfo
 from recfunnel.data.format.shards import SplitWriter
 from recfunnel.data.format.vocab import Vocab
@@ -43,6 +44,10 @@ def write_dataset(
         users = users.append_column(HISTORY, _lists(*enc.history.latest(everyone)))
         # and what the validation split's moment knew: the training rows only
         users = users.append_column(HISTORY_BEFORE_VAL, _lists(*enc.history.latest(everyone, through_val=False)))
+    if enc.age is not None:  # serving asks about the end of the known data; the validation split its own moment
+        name = enc.age.feature.name  # row 0 of the arrays is the OOV user, not in the table
+        users = users.append_column(name, pa.array(enc.age.user_now[1:]))
+        users = users.append_column(before_val_column(name), pa.array(enc.age.user_now_at_val[1:]))
     pq.write_table(users, folder / "users.parquet")
     pq.write_table(_entity_table("item", enc.item_vocab, enc.items, enc.titles), folder / "items.parquet")
     infos = {}
