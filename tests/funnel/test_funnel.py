@@ -224,6 +224,12 @@ def test_evaluate_compares_retrieval_alone_with_ranking(cli, runs):
     # MMR re-ranking buys genre variety: the intra-list diversity of the top 10 goes up
     variants = result["variants"]
     assert 0 <= variants["retrieval+ranking"]["diversity_at_10"] < variants["funnel"]["diversity_at_10"] <= 1
+    # each stage's gap, with the interval the evaluated users alone allow
+    gaps = {(c["variant"], c["against"]): c for c in result["changes"]}
+    assert set(gaps) == {("retrieval", "ease"), ("retrieval+ranking", "retrieval"), ("retrieval+ranking", "ease")}
+    for (ours, theirs), gap in gaps.items():
+        assert gap["change"] == pytest.approx(variants[ours]["ndcg_at_10"] / variants[theirs]["ndcg_at_10"] - 1)
+        assert gap["interval"][0] <= gap["change"] <= gap["interval"][1]
 
 
 def test_item_index_round_trip(runs, funnel):

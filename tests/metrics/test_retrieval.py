@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from recfunnel.metrics.retrieval import evaluate_topk, tfrs_accuracy
+from recfunnel.metrics.retrieval import evaluate_topk, relative_change_interval, tfrs_accuracy
 
 # Column 0 is the OOV item: its high score must never count. User 3 ties items 1 and 2.
 SCORES = torch.tensor(
@@ -128,3 +128,24 @@ def test_bad_input_raises():
         evaluate_topk(score, test_users=np.array([1]), test_items=np.array([6]), n_items=5)
     with pytest.raises(ValueError, match="give both or neither"):
         evaluate(exclude_users=TRAIN_USERS)
+
+
+def test_per_user_ndcg_averages_to_the_reported_one():
+    by_user: dict = {}
+    out = evaluate(ks=(1, 3), by_user=by_user, batch_users=2)  # two batches: the per-user arrays join
+    assert by_user["users"].tolist() == [1, 2, 3] and len(by_user["ndcg_at_3"]) == 3
+    for k in (1, 3):
+        assert by_user[f"ndcg_at_{k}"].mean() == pytest.approx(out[f"ndcg_at_{k}"])
+    assert by_user["ndcg_at_1"][1] == 1.0  # user 2 ranks its one test item first
+
+
+def test_the_bootstrap_interval_holds_the_gap_and_narrows_with_more_users():
+    rng = np.random.default_rng(0)
+    theirs = rng.uniform(0, 1, 2000)
+    ours = theirs * 1.1 + rng.normal(0, 0.1, 2000)
+    change = ours.mean() / theirs.mean() - 1
+    few, many = relative_change_interval(ours[:100], theirs[:100]), relative_change_interval(ours, theirs)
+    assert many[0] < change < many[1] and few[1] - few[0] > 2 * (many[1] - many[0])
+    assert relative_change_interval(theirs, theirs) == (0.0, 0.0)  # the same model: no gap at all
+    with pytest.raises(ValueError, match="equal"):
+        relative_change_interval(ours, theirs[:5])

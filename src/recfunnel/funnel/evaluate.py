@@ -30,7 +30,7 @@ from recfunnel.errors import RecfunnelError
 from recfunnel.funnel.batch import recommend_users
 from recfunnel.funnel.pipeline import Funnel, FunnelConfig
 from recfunnel.funnel.rerank import jaccard_of_members
-from recfunnel.metrics.retrieval import evaluate_topk
+from recfunnel.metrics.retrieval import evaluate_topk, relative_change_interval
 from recfunnel.report import metric_header, table
 from recfunnel.store.model import MODEL_DIR
 from recfunnel.tracking.tracker import Tracker
@@ -90,7 +90,11 @@ def _ease(funnel: Funnel, data: Path, users: np.ndarray, k: int) -> dict[int, np
 
 
 def _metrics(
-    lists: dict[int, np.ndarray], pairs: tuple[np.ndarray, np.ndarray], n_items: int, ks: list[int]
+    lists: dict[int, np.ndarray],
+    pairs: tuple[np.ndarray, np.ndarray],
+    n_items: int,
+    ks: list[int],
+    by_user: dict[str, np.ndarray] | None = None,
 ) -> dict[str, float]:
     def score(users: np.ndarray) -> torch.Tensor:
         scores = torch.full((len(users), n_items + 1), -torch.inf)
@@ -99,7 +103,27 @@ def _metrics(
             scores[row, torch.from_numpy(items)] = torch.arange(len(items), 0, -1, dtype=torch.float32)
         return scores
 
-    return evaluate_topk(score, test_users=pairs[0], test_items=pairs[1], n_items=n_items, ks=ks)
+    return evaluate_topk(score, test_users=pairs[0], test_items=pairs[1], n_items=n_items, ks=ks, by_user=by_user)
+
+
+# the gaps a reader of the funnel table asks about: does each stage beat the one before, and EASE
+CHANGES = (("retrieval", "ease"), ("retrieval+ranking", "retrieval"), ("retrieval+ranking", "ease"))
+
+
+def _changes(by_user: dict[str, dict[str, np.ndarray]], k: int) -> list[dict[str, Any]]:
+    """NDCG@k of each of CHANGES' variants against the other: the change and its 95 % interval by
+    a paired bootstrap over the evaluated users (both variants evaluate the same users)."""
+    out = []
+    for ours, theirs in CHANGES:
+        if ours not in by_user or theirs not in by_user:
+            continue
+        a, b = by_user[ours][f"ndcg_at_{k}"], by_user[theirs][f"ndcg_at_{k}"]
+        low, high = relative_change_interval(a, b)
+        change = float(a.mean() / max(b.mean(), 1e-12) - 1)
+        out.append(
+            {"variant": ours, "against": theirs, "metric": f"ndcg_at_{k}", "change": change, "interval": [low, high]}
+        )
+    return out
 
 
 def _diversity(funnel: Funnel, lists: dict[int, np.ndarray], k: int) -> float:
@@ -170,17 +194,20 @@ def evaluate_funnel(
         "candidates": funnel.config.candidates,
         "variants": {},
     }
+    by_user: dict[str, dict[str, np.ndarray]] = {}
     for name, top_k in variants.items():
         start = time.perf_counter()
         lists = top_k()
         if isinstance(lists, str):
             out["variants"][name] = {"skipped": lists}
             continue
-        metrics = _metrics(lists, (users, items), n_items, ks)
+        by_user[name] = {}
+        metrics = _metrics(lists, (users, items), n_items, ks, by_user[name])
         if funnel.diversity is not None:
             metrics[f"diversity_at_{min(ks)}"] = _diversity(funnel, lists, min(ks))
         metrics["seconds"] = round(time.perf_counter() - start, 2)
         out["variants"][name] = metrics
+    out["changes"] = _changes(by_user, min(ks))
     return out
 
 
@@ -210,6 +237,21 @@ def print_funnel_evaluation(result: dict[str, Any]) -> None:
             f"{result['candidates']} candidates",
         )
     )
+    if result.get("changes"):
+        rows = [
+            [names.get(c["variant"], c["variant"]), names.get(c["against"], c["against"])]
+            + [f"{100 * c['change']:+.1f} %", f"{100 * c['interval'][0]:+.1f} % .. {100 * c['interval'][1]:+.1f} %"]
+            for c in result["changes"]
+        ]
+        metric = metric_header(result["changes"][0]["metric"])
+        print()
+        print(
+            table(
+                rows,
+                ["variant", "against", f"{metric} change", "95 % interval"],
+                title="gaps, with their 95 % interval over these users (paired bootstrap over users)",
+            )
+        )
 
 
 def log_funnel_evaluation(
