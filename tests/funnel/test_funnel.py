@@ -2,6 +2,7 @@
 `recommend` and `evaluate` of the funnel. (HTTP serving: tests/serve.)"""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -230,6 +231,18 @@ def test_evaluate_compares_retrieval_alone_with_ranking(cli, runs):
     for (ours, theirs), gap in gaps.items():
         assert gap["change"] == pytest.approx(variants[ours]["ndcg_at_10"] / variants[theirs]["ndcg_at_10"] - 1)
         assert gap["interval"][0] <= gap["change"] <= gap["interval"][1]
+
+
+def test_evaluate_logs_the_table_and_the_gaps_to_mlflow(cli, runs):
+    import mlflow
+
+    code, out, _ = cli("evaluate", "--run", runs / "tt", "--ranker", runs / "dlrm", "--json", "--mlflow")
+    result = json.loads(out)
+    logged = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(result["mlflow_run_id"]).data.metrics
+    assert code == 0 and logged["retrieval_ndcg_at_10"] == pytest.approx(result["variants"]["retrieval"]["ndcg_at_10"])
+    gap = next(c for c in result["changes"] if c["variant"] == "retrieval" and c["against"] == "ease")
+    assert logged["retrieval_vs_ease_ndcg_at_10_change"] == pytest.approx(gap["change"])
+    assert logged["retrieval_vs_ease_ndcg_at_10_low"] <= gap["change"] <= logged["retrieval_vs_ease_ndcg_at_10_high"]
 
 
 def test_item_index_round_trip(runs, funnel):

@@ -290,5 +290,10 @@ def log_funnel_evaluation(
                 for name, value in metrics.items()
                 if name not in ("users", "pairs", "skipped")
             }
+            | {
+                f"{c['variant'].replace('+', '_plus_')}_vs_{c['against']}_{c['metric']}_{part}": value
+                for c in result.get("changes", [])
+                for part, value in (("change", c["change"]), ("low", c["interval"][0]), ("high", c["interval"][1]))
+            }
         )
         return tracker.run_id

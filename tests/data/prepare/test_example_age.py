@@ -10,6 +10,7 @@ from recfunnel.data.format.manifest import load_manifest
 from recfunnel.data.format.pairs import read_pairs
 from recfunnel.data.format.request_encoder import RequestEncoder
 from recfunnel.data.sources.interactions import prepare_interactions
+from recfunnel.errors import DataError
 from recfunnel.funnel.inputs import user_from_raw
 from recfunnel.models.two_tower import tower_features
 from tests.data.readback import read_split
@@ -111,3 +112,15 @@ def test_a_random_split_has_no_example_age(tmp_path):
     _, manifest = _prepared(tmp_path, "random")
     assert "example_age" not in [f.name for f in manifest.dense]
     assert manifest.roles["example_age"] is None and "example_age" not in manifest.extra
+
+
+@pytest.mark.parametrize("name", ["example_age", "history"])
+def test_a_column_named_like_a_derived_feature_is_a_one_line_error_and_writes_nothing(tmp_path, name):
+    frame = pd.DataFrame(
+        {"user_id": np.repeat(np.arange(10), 6), "item_id": np.tile(np.arange(6), 10), "timestamp": np.arange(60)}
+    )
+    frame[name] = 1.0
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    with pytest.raises(DataError, match=f"in.csv: column '{name}' has the name of a feature prepare derives"):
+        prepare_interactions(tmp_path / "in.csv", tmp_path / "data", quiet=True)
+    assert not (tmp_path / "data").exists()

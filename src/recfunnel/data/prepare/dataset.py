@@ -36,6 +36,7 @@ from recfunnel.data.prepare.labels import LabelSpec, check_label_rule, derive_la
 from recfunnel.data.prepare.splits import SplitSpec, assign_splits
 from recfunnel.data.prepare.tables import OWNERS, Feature, InteractionData
 from recfunnel.data.prepare.write import write_dataset
+from recfunnel.errors import DataError
 from recfunnel.files import atomic_output_dir
 
 __all__ = ["prepare_interaction_dataset"]
@@ -78,6 +79,7 @@ def prepare_interaction_dataset(
     if checked.timestamp is not None and split.kind != "random":  # a split in time asks about now
         per_user = split.kind == "temporal"  # each user's latest rows held out: each asked about at their own moment
         enc.age = build_example_age(checked.timestamp, codes, enc.user_index, enc.user_vocab.cardinality, per_user)
+    _check_derived_names(data, enc)
     manifest = Manifest(
         kind="interactions",
         dense=enc.dense,
@@ -98,6 +100,17 @@ def prepare_interaction_dataset(
             manifest.extra.update(evaluate(tmp, manifest))
         manifest.save(tmp)
     return manifest
+
+
+def _check_derived_names(data: InteractionData, enc: Encoded) -> None:
+    """A column named like a feature prepare derives from the timestamps would be two features."""
+    derived = ([HISTORY] if enc.history is not None else []) + ([EXAMPLE_AGE] if enc.age is not None else [])
+    for f in data.features:
+        if f.name in derived:
+            raise DataError(
+                f"{data.inter.name}: column {f.name!r} has the name of a feature prepare derives from the "
+                f"timestamps; rename it (--rename {f.name}=NEW)"
+            )
 
 
 def _roles(features: list[Feature], has_timestamp: bool, has_history: bool, has_age: bool) -> dict[str, Any]:
