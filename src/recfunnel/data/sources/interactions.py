@@ -12,6 +12,10 @@ interaction (context) unless named by --user-features / --item-features, which t
 (item's) value from its latest row; or pass whole --users / --items tables keyed by user_id /
 item_id (an items table may also have a ``title``). Items only in --items are still in the catalog.
 
+With timestamps, prepare adds two user features: ``history`` (--history) and, in a split in time,
+``example_age`` (a row's days before the end of the training data; serving asks about now), so
+these two names cannot be columns of the file.
+
 Example::
 
     recfunnel prepare interactions --input clicks.parquet --item-features category,price \\
