@@ -63,8 +63,8 @@ def user_from_raw(
     dense_names = {f.name for f in manifest.dense}
     out = UserFeatures()
     for name in sorted(role_features):
-        if name == manifest.roles.get("example_age"):  # not the user's to give: serving asks about now
-            out.dense[name] = float(manifest.extra["example_age"]["now"])
+        if name == manifest.roles.get("example_age"):  # not the user's to give: the encoder's "now", as for a request
+            out.dense[name] = float(encoder.encode(pd.DataFrame(index=[0]), [], [name])[0][0, 0])
             if features.get(name) is not None:
                 notes.append(
                     f"features.{name}: serving asks about now (the end of the known data); the value given is ignored"
